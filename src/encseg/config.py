@@ -1,0 +1,301 @@
+"""Strict run configuration: pydantic models, YAML loading, ``key.path=value`` overrides.
+
+Every section forbids unknown keys, and a misspelt key fails with the closest valid one before anything
+expensive starts (``ConfigError``). The resolved config is written into every run directory, so the file is
+the single record of what was run.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be turned into a valid config; the message names the key."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+# ----------------------------------------------------------------------------------------------- data
+DatasetFormat = Literal["ade20k", "cityscapes", "voc", "coco_stuff", "gta5", "folder"]
+
+
+class SynthConfig(Strict):
+    """A synthetic dataset to generate at ``DatasetConfig.root`` when it does not exist yet."""
+
+    style: str = "a"
+    classes: int = Field(5, ge=2, le=250)
+    train: int = Field(64, ge=1)
+    val: int = Field(16, ge=1)
+    size: int = Field(128, ge=16)
+    seed: int = 0
+    layout: Literal["folder", "ade20k", "voc", "cityscapes"] = "folder"
+
+
+class DatasetConfig(Strict):
+    """Where a dataset lives and how it is laid out (``configs/datasets/*.yaml``)."""
+
+    name: str | None = None  # the name used in run ids and eval file names; defaults to the format
+    format: DatasetFormat = "folder"
+    root: Path
+    train_split: str = "train"
+    val_split: str = "val"
+    synthetic: SynthConfig | None = None  # generate the data at ``root`` on first use
+    taxonomy: str | None = None  # name of the taxonomy whose shared label space this dataset maps into
+    options: dict[str, Any] = Field(default_factory=dict)  # format-specific switches, e.g. use_sbd: true
+
+    @property
+    def display_name(self) -> str:
+        return self.name or self.format
+
+
+class DataConfig(Strict):
+    dataset: DatasetConfig
+    fraction: float = Field(1.0, gt=0.0, le=1.0)  # share of the train split, nested across fractions
+    subset_seed: int = 0  # independent of the training seed, so every encoder sees the same images
+    crop_size: int = Field(512, ge=16)
+    base_size: int = Field(512, ge=16)  # short side before the random scale jitter
+    scale_range: tuple[float, float] = (0.5, 2.0)
+    cat_max_ratio: float = Field(0.75, gt=0.0, le=1.0)
+    flip: bool = True
+    photometric: bool = True
+    batch_size: int = Field(16, ge=1)  # per device
+    num_workers: int = Field(4, ge=0)
+    eval_size: int | None = 512  # short side at evaluation; None keeps the original size
+    check: bool = True  # fast existence/size check of every file before the first step
+
+
+# ---------------------------------------------------------------------------------------------- model
+class EncoderConfig(Strict):
+    name: str = "random_vitb16"  # an entry of ``encseg encoders`` or any timm ViT architecture
+    weights: str | None = None  # None: the entry's default; "hub"; "none" (random init); or a local file path
+    ignore_prefixes: list[str] = Field(default_factory=list)  # checkpoint keys allowed to be left unused
+    taps: list[float] = Field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0])  # depth fractions (<=1) or block indices
+    img_size: int | None = None  # size the positional embedding is built for; None: the data crop size
+    drop_path_rate: float = Field(0.0, ge=0.0, lt=1.0)
+    timm_kwargs: dict[str, Any] = Field(default_factory=dict)  # e.g. depth/embed_dim for tiny test encoders
+
+
+class NeckConfig(Strict):
+    type: Literal["simple_fpn", "multilevel"] = "simple_fpn"
+    channels: int = Field(256, ge=8)
+    fuse: bool = False  # multilevel: top-down fusion across levels
+
+
+class HeadConfig(Strict):
+    """Mask2Former settings (HF ``Mask2FormerConfig`` names) or the linear probe."""
+
+    type: Literal["mask2former", "linear"] = "mask2former"
+    hidden_dim: int = Field(256, ge=8)
+    num_queries: int = Field(100, ge=1)
+    num_attention_heads: int = Field(8, ge=1)
+    dim_feedforward: int = Field(2048, ge=8)
+    encoder_layers: int = Field(6, ge=1)  # deformable pixel-decoder layers
+    decoder_layers: int = Field(10, ge=2)  # HF counts the learnable-query layer: 10 = the paper's 9
+    encoder_feedforward_dim: int = Field(1024, ge=8)
+    train_num_points: int = Field(12544, ge=16)
+    oversample_ratio: float = 3.0
+    importance_sample_ratio: float = 0.75
+    class_weight: float = 2.0
+    mask_weight: float = 5.0
+    dice_weight: float = 5.0
+    no_object_weight: float = 0.1
+
+    @model_validator(mode="after")
+    def _group_norm(self) -> HeadConfig:
+        if self.type == "mask2former" and self.hidden_dim % 32:
+            raise ValueError(f"model.head.hidden_dim={self.hidden_dim} must be divisible by 32 (GroupNorm(32))")
+        return self
+
+
+class RegimeConfig(Strict):
+    mode: Literal["frozen", "finetune", "last_n"] = "finetune"
+    last_n: int = Field(0, ge=0)  # trainable final blocks in ``last_n`` mode
+    lr_mult: float = Field(0.1, ge=0.0)  # encoder LR relative to the head
+    layer_decay: float = Field(1.0, gt=0.0, le=1.0)  # 1.0 disables layer-wise decay
+
+    @model_validator(mode="after")
+    def _last_n(self) -> RegimeConfig:
+        if self.mode == "last_n" and self.last_n < 1:
+            raise ValueError("model.regime.last_n must be >= 1 when mode is 'last_n'")
+        return self
+
+
+class ModelConfig(Strict):
+    encoder: EncoderConfig = Field(default_factory=EncoderConfig)
+    neck: NeckConfig = Field(default_factory=NeckConfig)
+    head: HeadConfig = Field(default_factory=HeadConfig)
+    regime: RegimeConfig = Field(default_factory=RegimeConfig)
+
+
+# ---------------------------------------------------------------------------------------------- train
+class TrainConfig(Strict):
+    optimizer: Literal["adamw"] = "adamw"
+    lr: float = Field(1e-4, gt=0.0)
+    weight_decay: float = Field(0.05, ge=0.0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    budget: Literal["iters", "epochs"] = "iters"
+    max_iters: int = Field(160_000, ge=1)
+    max_epochs: int = Field(100, ge=1)
+    warmup_iters: int = Field(0, ge=0)
+    warmup_ratio: float = Field(1e-6, gt=0.0, le=1.0)  # start LR as a fraction of the base LR
+    poly_power: float = Field(0.9, ge=0.0)
+    grad_clip: float | None = Field(0.01, gt=0.0)  # clip by norm; None disables
+    accumulate: int = Field(1, ge=1)
+    precision: Literal["auto", "32", "bf16-mixed", "16-mixed"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
+    devices: int | Literal["auto"] = 1
+    num_nodes: int = Field(1, ge=1)
+    val_every: int = Field(5000, ge=1)  # in iterations (budget iters) or epochs (budget epochs)
+    log_every: int = Field(50, ge=1)
+    checkpoint_every: int | None = None  # iterations between `last` saves; None: at every validation
+    compile: bool = False
+
+
+class EvalConfig(Strict):
+    mode: Literal["whole", "slide"] = "whole"
+    crop_size: int | None = None  # slide: window size; None: data.crop_size
+    stride: int | None = None  # slide: window stride; None: 2/3 of the window
+    flip: bool = False
+    scales: list[float] = Field(default_factory=lambda: [1.0])
+    batch_size: int = Field(1, ge=1)
+    datasets: list[DatasetConfig] = Field(default_factory=list)  # extra (cross-dataset) evals after training
+    latency_iters: int = Field(10, ge=0)  # timed forwards for the efficiency record; 0 skips timing
+    converge_fraction: float = Field(0.95, gt=0.0, le=1.0)
+    converge_target: float | None = None  # absolute mIoU target for time-to-target
+
+
+class LoggingConfig(Strict):
+    tensorboard: bool = False
+    wandb: dict[str, Any] | None = None  # kwargs of lightning's WandbLogger (project, entity, ...)
+    mlflow: dict[str, Any] | None = None
+    progress_bar: Literal["auto", "on", "off"] = "auto"
+
+
+class RunConfig(Strict):
+    name: str | None = None  # overrides the derived run id
+    tags: dict[str, str] = Field(default_factory=dict)  # study labels, e.g. {"encoder": "pretrained_b"}
+    seed: int = 0
+    deterministic: bool = False
+    data: DataConfig
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str | None) -> str | None:
+        if v is not None and (not v or any(c in v for c in "/\\ ")):
+            raise ValueError(f"name {v!r} must be a non-empty string without slashes or spaces")
+        return v
+
+
+# ------------------------------------------------------------------------------------ load / override
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """``["train.lr=1e-3", "model.encoder.name=dinov2_vitb14"]`` -> nested dict; values parsed as YAML."""
+    tree: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key.path=value")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        if not all(parts):
+            raise ConfigError(f"override {item!r} has an empty key segment")
+        node = tree
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r} conflicts with another override of {p!r}")
+        node[parts[-1]] = yaml.safe_load(raw) if raw != "" else ""
+    return tree
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model that owns the field at ``loc`` (for suggesting the closest key)."""
+    current: Any = model
+    for part in loc:
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return None
+        field = current.model_fields.get(str(part))
+        if field is None:
+            return None
+        current = _unwrap(field.annotation)
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _unwrap(annotation: Any) -> Any:
+    args = getattr(annotation, "__args__", None)
+    if args:
+        for a in args:
+            inner = _unwrap(a)
+            if isinstance(inner, type) and issubclass(inner, BaseModel):
+                return inner
+    return annotation
+
+
+def format_validation_error(err: ValidationError, model: type[BaseModel], source: str) -> str:
+    lines = [f"{source}: invalid config"]
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        key = ".".join(str(p) for p in loc)
+        if e["type"] == "extra_forbidden":
+            owner = _model_at(model, loc[:-1])
+            hint = ""
+            if owner is not None:
+                close = difflib.get_close_matches(str(loc[-1]), list(owner.model_fields), n=1, cutoff=0.5)
+                valid = ", ".join(owner.model_fields)
+                hint = f" (did you mean {close[0]!r}?)" if close else f" (valid keys: {valid})"
+            lines.append(f"  unknown key {key!r}{hint}")
+        else:
+            lines.append(f"  {key or '<root>'}: {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def validate(model: type[BaseModel], data: dict[str, Any], source: str = "config"):
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, model, source)) from None
+
+
+def load_run_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                    data: dict[str, Any] | None = None) -> RunConfig:
+    """Read a run YAML (or a dict), apply overrides, validate. Relative dataset roots resolve against CWD."""
+    raw = read_yaml(path) if path is not None else dict(data or {})
+    raw = deep_merge(raw, parse_overrides(overrides or []))
+    return validate(RunConfig, raw, str(path) if path else "config")
+
+
+def dump_config(cfg: BaseModel) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

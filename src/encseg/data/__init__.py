@@ -1,0 +1,1 @@
+"""data: dataset formats, synthetic scenes, transforms, subsets, taxonomy, checks."""

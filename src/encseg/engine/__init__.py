@@ -1,0 +1,1 @@
+"""engine: training, evaluation, metrics, run directories."""

@@ -1,0 +1,1 @@
+"""models: encoder registry, weights, necks, heads, segmenter, regimes (plain nn.Modules)."""

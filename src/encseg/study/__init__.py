@@ -1,0 +1,1 @@
+"""study: grids of runs, aggregation, statistics, reports."""
