@@ -8,6 +8,7 @@ the single record of what was run.
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -167,6 +168,7 @@ class EvalConfig(Strict):
     scales: list[float] = Field(default_factory=lambda: [1.0])
     batch_size: int = Field(1, ge=1)
     datasets: list[DatasetConfig] = Field(default_factory=list)  # extra (cross-dataset) evals after training
+    checkpoint: Literal["last", "best"] = "last"  # weights that are exported and scored; "best" selects on val
     latency_iters: int = Field(10, ge=0)  # timed forwards for the efficiency record; 0 skips timing
     converge_fraction: float = Field(0.95, gt=0.0, le=1.0)
     converge_target: float | None = None  # absolute mIoU target for time-to-target
@@ -214,8 +216,21 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r} conflicts with another override of {p!r}")
-        node[parts[-1]] = yaml.safe_load(raw) if raw != "" else ""
+        node[parts[-1]] = _parse_value(raw)
     return tree
+
+
+_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
+def _parse_value(raw: str) -> Any:
+    if raw == "":
+        return ""
+    value = yaml.safe_load(raw)
+    # YAML 1.1 reads "1e-3" as a string; on a command line it always means a number
+    if isinstance(value, str) and _FLOAT.match(value.strip()):
+        return float(value)
+    return value
 
 
 def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -245,6 +260,8 @@ def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] |
     """The pydantic model that owns the field at ``loc`` (for suggesting the closest key)."""
     current: Any = model
     for part in loc:
+        if isinstance(part, int):  # a list index: the list's item model owns the next key
+            continue
         if not (isinstance(current, type) and issubclass(current, BaseModel)):
             return None
         field = current.model_fields.get(str(part))
@@ -299,3 +316,167 @@ def load_run_config(path: str | Path | None = None, overrides: list[str] | None 
 
 def dump_config(cfg: BaseModel) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+# ---------------------------------------------------------------------------------------------- study
+# Keys of a cell's RunConfig that the study axes own; an ``overrides[].set`` on them would break the grid.
+STUDY_AXIS_KEYS = ("name", "tags", "seed", "data.dataset", "data.fraction", "data.subset_seed")
+
+
+def _safe_label(v: str, what: str) -> str:
+    if not v or any(not (c.isalnum() or c in "_.-") for c in v) or v in (".", ".."):
+        raise ValueError(f"{what} {v!r} may only use the characters [A-Za-z0-9_.-]")
+    return v
+
+
+def _dataset_entry(v: Any) -> Any:
+    """A dataset given as a path is replaced by the DatasetConfig in that YAML file (relative to CWD)."""
+    return read_yaml(v) if isinstance(v, (str, Path)) else v
+
+
+class StudyEncoder(Strict):
+    """One encoder of a study. Each section is merged over the same section of the study's ``base``.
+
+    Only the keys written here change the base (so ``encoder: {weights: b.safetensors}`` keeps the base's
+    architecture). The same label may appear with several regimes (e.g. ``pretrained_b`` finetuned and
+    frozen); the cells' run ids must still be distinct.
+    """
+
+    label: str
+    encoder: EncoderConfig = Field(default_factory=EncoderConfig)
+    regime: RegimeConfig = Field(default_factory=RegimeConfig)
+    neck: NeckConfig | None = None
+    head: HeadConfig | None = None
+
+    @field_validator("label")
+    @classmethod
+    def _label(cls, v: str) -> str:
+        return _safe_label(v, "encoder label")
+
+
+class StudyMatch(Strict):
+    """A partial match on the cell axes; a list matches any of its values, an absent key matches all."""
+
+    encoder: str | list[str] | None = None  # the encoder label
+    regime: str | list[str] | None = None  # frozen / finetune / last<N>
+    train_dataset: str | list[str] | None = None  # the dataset's display name
+    fraction: float | list[float] | None = None
+    seed: int | list[int] | None = None
+
+
+class StudyOverride(Strict):
+    """Per-cell settings: ``{match: {fraction: 0.1}, set: {train.max_iters: 2000}}``; applied in order."""
+
+    match: StudyMatch = Field(default_factory=StudyMatch)
+    set: dict[str, Any]
+
+    @field_validator("set")
+    @classmethod
+    def _not_axes(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for key in v:
+            if any(key == k or key.startswith(k + ".") for k in STUDY_AXIS_KEYS):
+                raise ValueError(f"overrides cannot set {key!r}: the study axes own {', '.join(STUDY_AXIS_KEYS)}")
+        return v
+
+
+class SlurmConfig(Strict):
+    """Resources of each array task (one task = one cell); None leaves the cluster's default."""
+
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    gpus_per_node: int = Field(1, ge=0)
+    nodes: int = Field(1, ge=1)
+    cpus_per_task: int = Field(8, ge=1)
+    mem_gb: float | None = Field(None, gt=0)
+    timeout_min: int = Field(24 * 60, ge=1)
+    array_parallelism: int | None = Field(None, ge=1)  # cells running at once; None: the cluster's limit
+    constraint: str | None = None
+    additional_parameters: dict[str, Any] = Field(default_factory=dict)  # extra #SBATCH keys
+
+
+class CostConfig(Strict):
+    """Measured speed for ``study plan``'s time estimate (seconds per optimiser step on ``device``)."""
+
+    sec_per_iter: float | None = Field(None, gt=0.0)
+    device: str | None = None
+
+
+class StudyConfig(Strict):
+    """An ablation grid: encoders x train datasets x fractions x seeds, minus ``exclude``d cells.
+
+    ``base`` is a partial RunConfig shared by every cell (``base_config`` names a run YAML that ``base`` is
+    merged over). Datasets may be given inline or as paths to dataset YAML files. The train dataset's val
+    split is always scored; ``eval_datasets`` other than the train dataset become cross-dataset evals.
+    """
+
+    name: str
+    out: Path | None = None  # the study directory; None: outputs/<name>
+    base_config: Path | None = None  # merged under ``base`` while loading, then cleared
+    base: dict[str, Any] = Field(default_factory=dict)
+    baseline: str = "random"  # the encoder label that gains are measured against
+    encoders: list[StudyEncoder] = Field(min_length=1)
+    train_datasets: list[DatasetConfig] = Field(default_factory=list)  # empty: the base's data.dataset
+    fractions: list[float] = Field(default_factory=lambda: [1.0], min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    subset_seed: int = 0
+    eval_datasets: list[DatasetConfig] = Field(default_factory=list)
+    exclude: list[StudyMatch] = Field(default_factory=list)
+    overrides: list[StudyOverride] = Field(default_factory=list)
+    slurm: SlurmConfig = Field(default_factory=SlurmConfig)
+    cost: CostConfig = Field(default_factory=CostConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _inline_base_config(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("base_config") is not None:
+            data = dict(data)
+            base = data.get("base") or {}
+            if not isinstance(base, dict):
+                raise ValueError("base must be a mapping (a partial run config)")
+            data["base"] = deep_merge(read_yaml(data.pop("base_config")), base)
+        return data
+
+    @field_validator("train_datasets", "eval_datasets", mode="before")
+    @classmethod
+    def _dataset_paths(cls, v: Any) -> Any:
+        return [_dataset_entry(x) for x in v] if isinstance(v, list) else v
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return _safe_label(v, "study name")
+
+    @field_validator("fractions")
+    @classmethod
+    def _fractions(cls, v: list[float]) -> list[float]:
+        bad = [f for f in v if not 0.0 < f <= 1.0]
+        if bad:
+            raise ValueError(f"fractions must lie in (0, 1], got {bad}")
+        if len({round(f, 9) for f in v}) != len(v):
+            raise ValueError(f"fractions repeat a value: {v}")
+        return v
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"seeds repeat a value: {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> StudyConfig:
+        if "name" in self.base:
+            raise ValueError("base.name would give every cell the same run directory; remove it")
+        labels = [e.label for e in self.encoders]
+        if self.baseline not in labels:
+            raise ValueError(f"baseline {self.baseline!r} is not an encoder label ({', '.join(labels)}); "
+                             f"set `baseline:` to one of them")
+        if not self.train_datasets and "dataset" not in (self.base.get("data") or {}):
+            raise ValueError("no train dataset: give train_datasets or base.data.dataset")
+        for what, dsets in (("train_datasets", self.train_datasets), ("eval_datasets", self.eval_datasets)):
+            names = [d.display_name for d in dsets]
+            dup = sorted({n for n in names if names.count(n) > 1})
+            if dup:
+                raise ValueError(f"{what}: several datasets are named {dup}; give each a distinct `name`")
+        return self

@@ -1,0 +1,71 @@
+"""Nested k% subsets of a train split, their class coverage, and the file lists that record them.
+
+Subset rule: the images of fraction ``f`` are the first ``max(1, round(f * n))`` entries of one permutation of
+``range(n)`` drawn from ``numpy.random.default_rng(subset_seed)``; ``n`` is the size of the (sorted) train
+split. The subset therefore depends only on ``(n, f, subset_seed)``, never on the encoder, the training seed
+or anything else in a run, and smaller fractions are nested inside larger ones for the same subset seed
+(1% inside 5% inside 10% ... inside 100%). Indices are returned sorted. Each run writes its file list
+(paths relative to the dataset root) so that the subset can be checked and reused without the seed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from encseg.data.formats.base import IGNORE_INDEX, DatasetError, SegDataset
+
+
+def subset_size(n: int, fraction: float) -> int:
+    if n < 1:
+        raise ValueError(f"cannot take a subset of an empty split (n={n})")
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    return min(n, max(1, int(np.floor(fraction * n + 0.5))))
+
+
+def subset_indices(n: int, fraction: float, subset_seed: int) -> list[int]:
+    """Sorted indices of the ``fraction`` subset of ``range(n)`` (see the module docstring)."""
+    order = np.random.default_rng(subset_seed).permutation(n)
+    return sorted(int(i) for i in order[: subset_size(n, fraction)])
+
+
+def class_coverage(dataset: SegDataset, indices: Sequence[int] | None = None) -> dict:
+    """Pixels per class over ``indices`` (all items when None): ``{"num_images", "pixels": {name: int},
+    "ignored_pixels", "missing": [names with no pixel]}``. Reads masks only (no images, no transform)."""
+    indices = range(len(dataset)) if indices is None else indices
+    counts = np.zeros(len(dataset.classes), dtype=np.int64)
+    ignored = 0
+    for i in indices:
+        mask = dataset.read_mask(int(i))
+        ignored += int((mask == IGNORE_INDEX).sum())
+        counts += np.bincount(mask[mask != IGNORE_INDEX].ravel(), minlength=len(counts))[: len(counts)]
+    pixels = {name: int(c) for name, c in zip(dataset.classes, counts, strict=True)}
+    return {"num_images": len(indices), "pixels": pixels, "ignored_pixels": ignored,
+            "missing": [name for name, c in pixels.items() if c == 0]}
+
+
+def write_subset_file(path: str | Path, dataset: SegDataset, indices: Sequence[int]) -> Path:
+    """One image path (relative to the dataset root) per line, in index order; written atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text("".join(f"{dataset.relative_path(int(i))}\n" for i in indices))
+    os.replace(tmp, path)
+    return path
+
+
+def read_subset_file(path: str | Path, dataset: SegDataset) -> list[int]:
+    """Indices into ``dataset`` of the paths listed in ``path``; a path the dataset lacks is an error."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"subset file not found: {path}")
+    where = {dataset.relative_path(i): i for i in range(len(dataset))}
+    lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    missing = [p for p in lines if p not in where]
+    if missing:
+        raise DatasetError(f"{path}: {len(missing)} listed image(s) are not in {dataset!r}, e.g. {missing[:5]}")
+    return [where[p] for p in lines]

@@ -1,0 +1,162 @@
+"""Lightning callbacks and plugins of a run: history.csv, plain-text progress, atomic checkpoints."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from encseg.engine.rundir import atomic_write_text
+
+VAL_COLUMNS = ["val_miou", "val_macc", "val_aacc", "val_fwiou", "val_loss"]
+
+
+class History(L.Callback):
+    """Collects train rows every ``log_every`` steps and a row per validation; rewrites history.csv.
+
+    The rows live in the checkpoint (``state_dict``), so a resumed run drops the rows logged after its last
+    checkpoint and writes them again as it re-trains those steps: the file never holds a step twice.
+    ``time_s`` is training wall time summed over all attempts of the run.
+    """
+
+    def __init__(self, path: Path, log_every: int, steps_per_epoch: int):
+        self.path = Path(path)
+        self.log_every = log_every
+        self.steps_per_epoch = max(1, steps_per_epoch)
+        self.rows: list[dict[str, Any]] = []
+        self.elapsed_before = 0.0
+        self._start = time.monotonic()
+        self._last_logged = -1
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.monotonic() - self._start
+
+    def state_dict(self) -> dict[str, Any]:
+        # the RNG state travels with the rows: a resumed run continues the same random stream (point sampling)
+        state = {"rows": [dict(r) for r in self.rows], "elapsed": self.elapsed(), "rng": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda_rng"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rows = [dict(r) for r in state.get("rows", [])]
+        self.elapsed_before = float(state.get("elapsed", 0.0))
+        self._start = time.monotonic()
+        self._last_logged = max((r["step"] for r in self.rows), default=-1)
+        self._pending_rng = (state.get("rng"), state.get("cuda_rng"))
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        # restored here, not at load time, so the resumed run's sanity check cannot shift the stream
+        rng = getattr(self, "_pending_rng", None)
+        if rng is not None:
+            self._pending_rng = None
+            if rng[0] is not None:
+                torch.set_rng_state(rng[0])
+            if rng[1] is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng[1])
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._start = time.monotonic()
+
+    def _epoch(self, step: int) -> float:
+        return step / self.steps_per_epoch
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step == self._last_logged or step % self.log_every and step != 1:
+            return
+        self._last_logged = step
+        row: dict[str, Any] = {"step": step, "epoch": round(self._epoch(step), 4), "time_s": round(self.elapsed(), 3),
+                               "lr": trainer.optimizers[0].param_groups[0]["lr"]}
+        for k, v in pl_module.last_train_terms.items():
+            row[k if k == "loss" else (k if k.startswith("loss_") else f"loss_{k}")] = v
+        self.rows.append(row)
+        if trainer.is_global_zero and (step % (self.log_every * 10) == 0):
+            self.write()
+
+    def add_validation(self, step: int, metrics: dict[str, float]) -> None:
+        row = {"step": step, "epoch": round(self._epoch(step), 4), "time_s": round(self.elapsed(), 3)}
+        row.update({k: metrics.get(k, math.nan) for k in VAL_COLUMNS})
+        self.rows.append(row)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        self.add_validation(trainer.global_step, pl_module.last_val_metrics)
+        if trainer.is_global_zero:
+            self.write()
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero:
+            self.write()
+
+    def write(self) -> None:
+        if not self.rows:
+            return
+        cols: list[str] = ["step", "epoch", "time_s", "lr", "loss"]
+        for r in self.rows:
+            cols += [k for k in r if k not in cols and k not in VAL_COLUMNS]
+        cols += VAL_COLUMNS
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=cols, restval="")
+        w.writeheader()
+        for r in sorted(self.rows, key=lambda r: (r["step"], "val_miou" in r)):
+            w.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()})
+        atomic_write_text(self.path, buf.getvalue())
+
+
+class PlainProgress(L.Callback):
+    """One log line every ``every`` steps when no progress bar is shown (batch jobs, CI, SLURM logs)."""
+
+    def __init__(self, every: int, total_steps: int):
+        self.every, self.total = every, total_steps
+        self._t0 = time.monotonic()
+        self._s0 = 0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._t0, self._s0 = time.monotonic(), trainer.global_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if not trainer.is_global_zero or step % self.every:
+            return
+        rate = (step - self._s0) / max(1e-9, time.monotonic() - self._t0)
+        eta = (self.total - step) / rate if rate > 0 else math.nan
+        loss = pl_module.last_train_terms.get("loss", math.nan)
+        print(f"step {step}/{self.total}  loss {loss:.4f}  lr {trainer.optimizers[0].param_groups[0]['lr']:.3g}  "
+              f"{rate:.2f} it/s  eta {eta / 60:.1f} min", file=sys.stderr, flush=True)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        m = pl_module.last_val_metrics
+        print(f"val @ step {trainer.global_step}: mIoU {m.get('val_miou', math.nan):.4f}  "
+              f"mAcc {m.get('val_macc', math.nan):.4f}  loss {m.get('val_loss', math.nan):.4f}",
+              file=sys.stderr, flush=True)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes checkpoints to a temporary file and renames it, so a kill mid-write leaves the previous
+    ``last.ckpt`` intact; loads with ``weights_only=True`` (checkpoints hold tensors and plain values only)."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None):
+        return torch.load(path, map_location=map_location or "cpu", weights_only=True)

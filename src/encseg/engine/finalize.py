@@ -1,0 +1,120 @@
+"""What a run leaves behind once training stops: exported model, eval files, cost, dynamics, plots.
+
+Runs on rank 0 only. The exported and scored weights are ``eval.checkpoint``: the final weights by default,
+because choosing the best validation checkpoint selects on the very split that is reported.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from encseg.config import RunConfig
+from encseg.engine.dynamics import convergence
+from encseg.engine.efficiency import count_flops, count_params, measure_latency
+from encseg.engine.evaluate import cross_dataset_luts, evaluate, protocol, write_eval
+from encseg.engine.loaders import eval_dataset, eval_loader
+from encseg.engine.rundir import RunDir, atomic_write_json
+from encseg.engine.runplots import plot_confusion, plot_losses, plot_val_curve
+
+
+def _load_best(module, best_path: Path) -> str:
+    if best_path and best_path.is_file():
+        state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
+        module.load_state_dict(state)
+        return str(best_path.name)
+    return "last (no best checkpoint was saved)"
+
+
+def finalize_run(cfg: RunConfig, rd: RunDir, trainer, module, history, classes: list[str], val_ds, t0: float,
+                 best_path: Path) -> dict:
+    from encseg.models.segmenter import save_segmenter
+
+    train_time = history.elapsed()
+    weights = "last"
+    if cfg.eval.checkpoint == "best":
+        weights = _load_best(module, best_path)
+    seg = module.segmenter
+    device = module.device if module.device.type != "meta" else torch.device("cpu")
+    seg.eval()
+    enc = seg.encoder
+    save_segmenter(seg, rd.path, extra={
+        "classes": classes, "dataset": cfg.data.dataset.display_name, "format": cfg.data.dataset.format,
+        "taxonomy": cfg.data.dataset.taxonomy, "mean": list(enc.mean), "std": list(enc.std),
+        "crop_size": cfg.data.crop_size, "eval_size": cfg.data.eval_size, "weights": weights,
+        "encoder_load": getattr(getattr(enc, "load_report", None), "as_dict", lambda: None)(),
+    })
+
+    # the run's own validation split, then cross-dataset evaluations
+    proto = protocol(cfg.eval, cfg.data)
+    name = cfg.data.dataset.display_name
+    loader = eval_loader(val_ds, cfg.eval.batch_size, cfg.data.num_workers)
+    main = evaluate(seg, loader, cfg.eval, cfg.data.crop_size, classes, dataset=name,
+                    split=cfg.data.dataset.val_split, device=device)
+    write_eval(rd, main, proto)
+    plot_confusion(main.confusion, classes, rd.plots_dir / f"confusion_{name}.png")
+    step = trainer.global_step
+    last_val = [r for r in history.rows if "val_miou" in r]
+    if not last_val or last_val[-1]["step"] != step:
+        history.add_validation(step, {"val_miou": main.metrics["miou"], "val_macc": main.metrics["macc"],
+                                      "val_aacc": main.metrics["aacc"], "val_fwiou": main.metrics["fwiou"],
+                                      "val_loss": math.nan})
+        history.write()
+    for ds_cfg in cfg.eval.datasets:
+        ds = eval_dataset(ds_cfg, cfg.data, enc.mean, enc.std)
+        lut_p, lut_g, names, cross = cross_dataset_luts(cfg.data.dataset, ds_cfg, classes, ds.dataset.classes)
+        res = evaluate(seg, eval_loader(ds, cfg.eval.batch_size, cfg.data.num_workers), cfg.eval,
+                       cfg.data.crop_size, names, dataset=ds_cfg.display_name, split=ds_cfg.val_split,
+                       device=device, lut_pred=lut_p, lut_gt=lut_g)
+        res.cross = cross
+        write_eval(rd, res, proto)
+        plot_confusion(res.confusion, names, rd.plots_dir / f"confusion_{ds_cfg.display_name}.png")
+
+    # cost at the evaluation crop, one image
+    size = cfg.data.crop_size
+    x = torch.zeros(1, 3, size, size, device=device)
+    params = count_params(seg, {k: m for k, m in (("encoder", seg.encoder), ("neck", seg.neck),
+                                                   ("head", seg.head)) if m is not None})
+
+    def infer(inp):
+        return seg.inference(inp, mode="whole")
+
+    with torch.no_grad():
+        flops = count_flops(infer, x)
+        latency = measure_latency(infer, lambda: x, iters=cfg.eval.latency_iters, warmup=2, device=device) \
+            if cfg.eval.latency_iters > 0 else {}
+
+    hist = pd.read_csv(rd.history_path) if rd.history_path.is_file() else pd.DataFrame()
+    dyn = convergence(hist, fraction=cfg.eval.converge_fraction, target=cfg.eval.converge_target,
+                      steps_per_epoch=history.steps_per_epoch) if len(hist) else {}
+    plot_losses(hist, rd.plots_dir / "loss.png") if len(hist) else None
+    plot_val_curve(hist, rd.plots_dir / "val_miou.png") if len(hist) else None
+
+    subset = rd.path / "subset.json"
+    import json
+    n_images = json.loads(subset.read_text()).get("num_images") if subset.is_file() else None
+    summary = {
+        "run_id": rd.path.name, "encoder": cfg.tags.get("encoder", cfg.model.encoder.name),
+        "encoder_name": cfg.model.encoder.name, "encoder_weights": cfg.model.encoder.weights,
+        "regime": cfg.model.regime.mode, "head": cfg.model.head.type,
+        "train_dataset": name, "fraction": cfg.data.fraction, "seed": cfg.seed, "subset_seed": cfg.data.subset_seed,
+        "num_train_images": n_images, "steps": step, "epochs": step / max(1, history.steps_per_epoch),
+        "train_time_s": train_time, "wall_time_s": time.time() - t0, "exported_weights": weights,
+        "miou": main.metrics["miou"], "macc": main.metrics["macc"], "aacc": main.metrics["aacc"],
+        "fwiou": main.metrics["fwiou"],
+        "epochs_to_converge": dyn.get("epochs_to_converge"), "steps_to_converge": dyn.get("steps_to_converge"),
+        "time_to_converge_s": dyn.get("time_to_converge_s"), "time_to_target_s": dyn.get("time_to_target_s"),
+        "best_val_miou": dyn.get("best_miou"),
+        "params_total": params.get("total"), "params_trainable": params.get("trainable"),
+        "params_encoder": params.get("encoder"), "params_neck": params.get("neck"), "params_head": params.get("head"),
+        "gflops": flops / 1e9, "flops_input": [1, 3, size, size],
+        "infer_ms_per_image": latency.get("ms_per_image"), "infer_p90_ms": latency.get("p90_ms"),
+        "images_per_s": latency.get("images_per_s"), "peak_mem_mb": latency.get("peak_mem_mb"),
+        "latency_device": latency.get("device"),
+    }
+    atomic_write_json(rd.summary_path, summary)
+    return summary

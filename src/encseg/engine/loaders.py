@@ -1,0 +1,156 @@
+"""Datasets and dataloaders for one run: subset selection, transforms, samplers, collate.
+
+Validation uses a sampler that splits the images across ranks *without* padding, so under DDP no image is
+counted twice and none is dropped (``torch.utils.data.DistributedSampler`` repeats images to even out ranks).
+Evaluation scores predictions against the ORIGINAL-resolution ground truth, as mmsegmentation does: the
+model sees the resized image and its class scores are resized back to the mask's size.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from encseg.config import DataConfig, DatasetConfig
+from encseg.data.formats import build_dataset
+from encseg.data.subsets import subset_indices
+from encseg.data.transforms import eval_transforms, train_transforms
+
+
+class ShardSampler(Sampler[int]):
+    """Rank r of w takes images r, r+w, r+2w, ...: every image exactly once over all ranks."""
+
+    def __init__(self, n: int, rank: int = 0, world_size: int = 1):
+        self.n, self.rank, self.world_size = n, rank, world_size
+
+    def __iter__(self):
+        return iter(range(self.rank, self.n, self.world_size))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.n, self.world_size))
+
+
+class TrainSampler(Sampler[int]):
+    """Seeded shuffling, sharded across ranks; ``set_epoch`` (called by Lightning) reshuffles.
+
+    Yields ``epoch * n + index`` so that ``SeededAugment`` can draw each sample's augmentation from
+    (seed, epoch, index) alone. The order depends only on (seed, epoch): a resumed run sees the order and
+    the crops it would have seen. The last incomplete round is padded from the start of the permutation so
+    every rank has the same number of batches.
+    """
+
+    def __init__(self, n: int, seed: int, rank: int = 0, world_size: int = 1):
+        self.n, self.seed, self.rank, self.world_size = n, seed, rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(self.n, generator=g).tolist()
+        total = len(self) * self.world_size
+        order = (order * math.ceil(total / max(1, self.n)))[:total]
+        return iter(self.epoch * self.n + i for i in order[self.rank::self.world_size])
+
+    def __len__(self) -> int:
+        return math.ceil(self.n / self.world_size)
+
+
+class SeededAugment(Dataset):
+    """Applies the train transforms with torch's RNG seeded from (seed, epoch, index).
+
+    Augmentation then does not depend on worker count, rank, or process history, which is what makes a
+    resumed run and a multi-worker run reproduce an uninterrupted single-worker one.
+    """
+
+    def __init__(self, dataset, transform, seed: int):
+        self.dataset, self.transform, self.seed = dataset, transform, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, k: int) -> dict:
+        epoch, i = divmod(int(k), len(self.dataset))
+        sample = self.dataset[i]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + i)
+            return self.transform(sample)
+
+
+class WithOriginalMask(Dataset):
+    """Adds ``target``: the untransformed ground truth, for scoring at the original resolution."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict:
+        sample = self.dataset[i]
+        sample["target"] = torch.as_tensor(self.dataset.read_mask(i), dtype=torch.int64)
+        return sample
+
+
+def collate(samples: list[dict]) -> dict:
+    """Stack tensors; images of different sizes in one batch are an error that says how to fix it."""
+    out: dict = {}
+    for key in samples[0]:
+        values = [s[key] for s in samples]
+        if isinstance(values[0], torch.Tensor):
+            shapes = {tuple(v.shape) for v in values}
+            if len(shapes) > 1:
+                raise ValueError(f"cannot batch {key!r} of different sizes {sorted(shapes)} "
+                                 f"(files {[s.get('path') for s in samples]}); use eval.batch_size: 1")
+            out[key] = torch.stack([v.as_subclass(torch.Tensor) for v in values])
+        else:
+            out[key] = values
+    return out
+
+
+def train_dataset(data: DataConfig, mean, std, seed: int):
+    """The k% subset of the train split with train transforms, plus the selected indices."""
+    full = build_dataset(data.dataset, data.dataset.train_split)
+    if len(full) == 0:
+        raise ValueError(f"dataset {data.dataset.display_name}: split {data.dataset.train_split!r} under "
+                         f"{data.dataset.root} has no images")
+    idx = subset_indices(len(full), data.fraction, data.subset_seed)
+    return SeededAugment(full.select(idx), train_transforms(data, mean, std), seed), full, idx
+
+
+def eval_dataset(ds_cfg: DatasetConfig, data: DataConfig, mean, std, split: str | None = None):
+    ds = build_dataset(ds_cfg, split or ds_cfg.val_split)
+    if len(ds) == 0:
+        raise ValueError(f"dataset {ds_cfg.display_name}: split {split or ds_cfg.val_split!r} under "
+                         f"{ds_cfg.root} has no images")
+    return WithOriginalMask(ds.with_transform(eval_transforms(data, mean, std)))
+
+
+def train_loader(ds, data: DataConfig, seed: int, rank: int, world_size: int) -> DataLoader:
+    # an own generator keeps the loader from drawing on the global RNG, which the model's point sampling uses
+    return DataLoader(ds, batch_size=data.batch_size, sampler=TrainSampler(len(ds), seed, rank, world_size),
+                      num_workers=data.num_workers, collate_fn=collate, drop_last=len(ds) >= data.batch_size,
+                      pin_memory=torch.cuda.is_available(), persistent_workers=data.num_workers > 0,
+                      generator=torch.Generator().manual_seed(seed))
+
+
+def eval_loader(ds, batch_size: int, num_workers: int, rank: int = 0, world_size: int = 1) -> DataLoader:
+    return DataLoader(ds, batch_size=batch_size, sampler=ShardSampler(len(ds), rank, world_size),
+                      num_workers=num_workers, collate_fn=collate, pin_memory=torch.cuda.is_available(),
+                      generator=torch.Generator().manual_seed(0))
+
+
+def relative_paths(dataset, indices: list[int]) -> list[str]:
+    root = Path(dataset.root)
+    out = []
+    for i in indices:
+        img = Path(dataset.files[i][0])
+        try:
+            out.append(str(img.relative_to(root)))
+        except ValueError:
+            out.append(str(img))
+    return out

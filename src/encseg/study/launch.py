@@ -1,0 +1,395 @@
+"""Run every cell of a study once: in this process, in N worker processes, or as one submitit array job.
+
+Conventions
+- A cell's state lives only in its run directory (``DONE`` / ``FAILED`` / partial), so ``study run`` can be
+  killed at any moment and started again: DONE cells are skipped, partial ones resume (``train()`` picks up
+  ``checkpoints/last.ckpt``), FAILED ones are retried once per invocation.
+- While a cell trains, its process holds an exclusive lock on ``<study>/.locks/<run_id>.lock``; a second
+  launcher (or an orphaned worker) on the same study skips that cell as ``busy`` instead of writing the same
+  run directory twice. The lock is released by the OS when the process dies.
+- ``train_fn(cfg, runs_root) -> run_dir`` defaults to ``encseg.engine.train.train``; it must write ``DONE``
+  last and raise on failure. In worker processes and submitit jobs it is pickled by reference, so it must
+  be a module-level function.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import os
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
+from multiprocessing.connection import wait as wait_for_sentinels
+from pathlib import Path
+from typing import Any
+
+import submitit
+import yaml
+from tqdm import tqdm
+
+from encseg.config import ConfigError, RunConfig, StudyConfig
+from encseg.engine.rundir import RunDir, atomic_write_json, atomic_write_text, read_json, run_id
+from encseg.study.plan import cell_state, config_drift, dump_study, expand, load_study, study_dir
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; a single launcher per study is then the user's job
+    fcntl = None
+
+LAUNCHERS = ("local", "slurm", "submitit-local")
+TrainFn = Callable[[RunConfig, Path], Any]
+
+# exit codes of a local worker process, one per run_cell status
+_STATUS_CODES = {"done": 0, "skipped": 10, "busy": 11, "failed": 12}
+_CODE_STATUS = {v: k for k, v in _STATUS_CODES.items()}
+
+
+def _default_train() -> TrainFn:
+    from encseg.engine.train import train
+
+    return train
+
+
+def _rank() -> int:
+    """Global rank inside a multi-task SLURM job (one task per GPU); 0 everywhere else."""
+    if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        return int(os.environ.get("SLURM_PROCID", "0"))
+    return 0
+
+
+@contextlib.contextmanager
+def _cell_lock(lock_dir: Path, name: str) -> Iterator[bool]:
+    if fcntl is None:
+        yield True
+        return
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    with open(lock_dir / f"{name}.lock", "a+") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        except OSError:  # e.g. ENOLCK on a network filesystem without lock support: run unguarded
+            yield True
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def run_cell(cfg: RunConfig, runs: Path, train_fn: TrainFn | None = None) -> str:
+    """Train one cell unless it is DONE; returns ``done``, ``skipped``, ``busy`` or ``failed``.
+
+    A failure is recorded in the run's ``FAILED`` (error and traceback) and reported, never raised, so the
+    study goes on with the next cell. KeyboardInterrupt and SystemExit still stop everything.
+    """
+    runs = Path(runs)
+    rd = RunDir(runs / run_id(cfg))
+    fn = train_fn or _default_train()
+    if _rank() != 0:  # DDP peers: rank 0 owns the markers, the lock and the skip decision
+        fn(cfg, runs)
+        return "done"
+    if rd.is_done():
+        return "skipped"
+    with _cell_lock(runs.parent / ".locks", rd.name) as locked:
+        if not locked:
+            return "busy"
+        if rd.is_done():  # finished by another launcher between the first check and the lock
+            return "skipped"
+        rd.clear_failed()
+        try:
+            fn(cfg, runs)
+        except Exception as e:
+            rd.mark_failed(e)  # train() records it too; a replacement train_fn may not
+            return "failed"
+        if not rd.is_done():
+            rd.mark_failed(RuntimeError(f"train function returned without writing {rd.done_path}"))
+            return "failed"
+    return "done"
+
+
+def failure_line(rd: RunDir) -> str:
+    """The ``Type: message`` line of a FAILED marker (line 2; line 1 is the time)."""
+    if not rd.failed_path.is_file():
+        return "no FAILED record"
+    lines = rd.failed_path.read_text(errors="replace").splitlines()
+    return lines[1] if len(lines) > 1 else "(empty FAILED record)"
+
+
+# -------------------------------------------------------------------------------------------- progress
+class _Progress:
+    """A tqdm bar over the grid on a terminal; one plain line per finished cell either way."""
+
+    def __init__(self, total: int):
+        self.total, self.count = total, 0
+        self.bar = tqdm(total=total, unit="run", file=sys.stderr, disable=not sys.stderr.isatty(),
+                        dynamic_ncols=True)
+
+    def cell(self, rid: str, status: str, seconds: float, detail: str = "") -> None:
+        self.count += 1
+        line = f"[{self.count}/{self.total}] {status:<7} {rid} ({seconds:.1f} s)" + (f": {detail}" if detail else "")
+        if self.bar.disable:
+            print(line, flush=True)
+        else:
+            self.bar.write(line)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _report(progress: _Progress, results: dict[str, str], rd: RunDir, status: str, t0: float) -> None:
+    results[rd.name] = status
+    progress.cell(rd.name, status, time.monotonic() - t0, failure_line(rd) if status == "failed" else "")
+
+
+# ---------------------------------------------------------------------------------------- local runs
+def _run_sequential(todo: list[RunConfig], runs: Path, train_fn: TrainFn | None, progress: _Progress) -> dict:
+    fn = train_fn or _default_train()  # an import error surfaces once, not as a FAILED per cell
+    results: dict[str, str] = {}
+    for cfg in todo:
+        t0 = time.monotonic()
+        _report(progress, results, RunDir(runs / run_id(cfg)), run_cell(cfg, runs, fn), t0)
+    return results
+
+
+def _visible_gpus() -> list[str]:
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [g.strip() for g in env.split(",") if g.strip()]
+    try:
+        import torch
+    except ImportError:
+        return []
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    # a worker whose launcher was killed must not keep training: the restarted launcher retries the cell
+    while True:
+        time.sleep(0.5)
+        if os.getppid() != parent_pid:
+            os._exit(1)
+
+
+def _worker(cfg: RunConfig, runs: str, train_fn: TrainFn | None, gpu: str | None, parent_pid: int) -> None:
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+    threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
+    sys.exit(_STATUS_CODES[run_cell(cfg, Path(runs), train_fn)])
+
+
+def _run_parallel(todo: list[RunConfig], runs: Path, jobs: int, train_fn: TrainFn | None,
+                  progress: _Progress) -> dict:
+    """``jobs`` cells at a time, each in a fresh spawned process; GPUs handed out round-robin by slot."""
+    ctx = mp.get_context("spawn")  # CUDA and fork do not mix
+    gpus = _visible_gpus()
+    if gpus and jobs > len(gpus):
+        print(f"note: {jobs} jobs share {len(gpus)} GPU(s)", flush=True)
+    pending = deque(todo)
+    running: dict[int, tuple[Any, RunConfig, float]] = {}
+    results: dict[str, str] = {}
+    try:
+        while pending or running:
+            for slot in range(jobs):
+                if slot not in running and pending:
+                    cfg = pending.popleft()
+                    gpu = gpus[slot % len(gpus)] if gpus else None
+                    proc = ctx.Process(target=_worker, args=(cfg, str(runs), train_fn, gpu, os.getpid()),
+                                       name=f"encseg-{run_id(cfg)}")
+                    proc.start()
+                    running[slot] = (proc, cfg, time.monotonic())
+            wait_for_sentinels([p.sentinel for p, _, _ in running.values()], timeout=5.0)
+            for slot, (proc, cfg, t0) in list(running.items()):
+                if proc.is_alive():
+                    continue
+                proc.join()
+                del running[slot]
+                rd = RunDir(runs / run_id(cfg))
+                status = _CODE_STATUS.get(proc.exitcode)
+                if status is None:  # killed (OOM, signal) before it could record anything itself
+                    status = "done" if rd.is_done() else "failed"
+                    if status == "failed":
+                        rd.mark_failed(RuntimeError(f"worker process exited with code {proc.exitcode}"))
+                _report(progress, results, rd, status, t0)
+    finally:
+        for proc, _, _ in running.values():  # interrupted: give workers a moment to stop, then end them
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.terminate()
+    return results
+
+
+# -------------------------------------------------------------------------------------------- submitit
+class CellJob(submitit.helpers.Checkpointable):
+    """One cell as a submitit job. On preemption or timeout submitit calls ``checkpoint``, and the job is
+    requeued with the same cell; ``train()`` then resumes from ``checkpoints/last.ckpt``."""
+
+    def __init__(self, runs: str | Path, train_fn: TrainFn | None = None):
+        self.runs = str(runs)
+        self.train_fn = train_fn
+
+    def __call__(self, cfg: RunConfig) -> str:
+        return run_cell(cfg, Path(self.runs), self.train_fn)
+
+    def checkpoint(self, cfg: RunConfig) -> submitit.helpers.DelayedSubmission:
+        # nothing to carry over in memory: the run directory holds the state
+        return submitit.helpers.DelayedSubmission(CellJob(self.runs, self.train_fn), cfg)
+
+
+def executor_parameters(study: StudyConfig, launcher: str, jobs: int) -> dict[str, Any]:
+    """submitit AutoExecutor parameters; ``slurm_*`` keys only reach SLURM (the local executor ignores them)."""
+    s = study.slurm
+    local = launcher == "submitit-local"
+    params: dict[str, Any] = {
+        "name": f"encseg-{study.name}",
+        "timeout_min": s.timeout_min,
+        "nodes": 1 if local else s.nodes,
+        # one task per GPU: Lightning's SLURM environment expects ntasks-per-node == devices
+        "tasks_per_node": 1 if local else max(1, s.gpus_per_node),
+        "gpus_per_node": min(s.gpus_per_node, len(_visible_gpus())) if local else s.gpus_per_node,
+        "cpus_per_task": s.cpus_per_task,
+    }
+    if s.mem_gb is not None:
+        params["mem_gb"] = s.mem_gb
+    parallel = jobs if jobs > 1 else s.array_parallelism
+    for key, value in (("partition", s.partition), ("account", s.account), ("qos", s.qos),
+                       ("constraint", s.constraint), ("array_parallelism", parallel)):
+        if value is not None:
+            params[f"slurm_{key}"] = value
+    if s.additional_parameters:
+        params["slurm_additional_parameters"] = dict(s.additional_parameters)
+    return params
+
+
+def _record_jobs(sdir: Path, launcher: str, folder: Path, jobs: list, todo: list[RunConfig]) -> Path:
+    """Append this submission to ``<study>/slurm_jobs.json`` (earlier submissions are kept)."""
+    path = sdir / "slurm_jobs.json"
+    record = read_json(path) if path.is_file() else {"submissions": []}
+    record["submissions"].append({
+        "time": datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds"),
+        "launcher": launcher,
+        "folder": str(folder),
+        "jobs": [{"run_id": run_id(cfg), "job_id": str(job.job_id)} for job, cfg in zip(jobs, todo, strict=True)],
+    })
+    return atomic_write_json(path, record)
+
+
+def _run_submitit(study: StudyConfig, todo: list[RunConfig], sdir: Path, runs: Path, launcher: str, jobs: int,
+                  train_fn: TrainFn | None, wait: bool, progress: _Progress) -> tuple[dict, list[str]]:
+    folder = sdir / "submitit" / "%j"
+    ex = submitit.AutoExecutor(folder=folder, cluster="local" if launcher == "submitit-local" else "slurm")
+    ex.update_parameters(**executor_parameters(study, launcher, jobs))
+    submitted = ex.map_array(CellJob(runs, train_fn), todo)
+    _record_jobs(sdir, launcher, folder, submitted, todo)
+    ids = sorted({str(j.job_id).split("_")[0] for j in submitted})
+    print(f"submitted {len(submitted)} cell(s) as job(s) {', '.join(ids)}; ids in {sdir / 'slurm_jobs.json'}",
+          flush=True)
+    results: dict[str, str] = {}
+    if not wait:
+        return results, [run_id(c) for c in todo]
+    t0 = time.monotonic()
+    by_job = {id(j): cfg for j, cfg in zip(submitted, todo, strict=True)}
+    for job in submitit.helpers.as_completed(submitted, poll_frequency=0.5):
+        rd = RunDir(runs / run_id(by_job[id(job)]))
+        try:
+            status = job.result()
+        except Exception as e:  # the job itself died (killed, out of memory, requeues exhausted)
+            status = "done" if rd.is_done() else "failed"
+            if status == "failed":
+                rd.mark_failed(RuntimeError(f"submitit job {job.job_id} failed: {e}"))
+        _report(progress, results, rd, status, t0)
+    return results, []
+
+
+# ---------------------------------------------------------------------------------------------- study
+def _check_same_study(sdir: Path, study: StudyConfig) -> None:
+    path = sdir / "study.yaml"
+    if path.is_file():
+        old = (yaml.safe_load(path.read_text()) or {}).get("name")
+        if old != study.name:
+            raise ConfigError(f"{sdir} holds study {old!r}, not {study.name!r}; choose another `out`")
+
+
+def run_study(study: StudyConfig | str | Path, launcher: str = "local", jobs: int = 1, dry_run: bool = False,
+              out: str | Path | None = None, train_fn: TrainFn | None = None,
+              wait: bool | None = None) -> dict[str, Any]:
+    """Run every cell of ``study`` once; see the module docstring for what "once" means after a restart.
+
+    ``wait`` (submitit launchers): block until the jobs end; default True for ``submitit-local``, False for
+    ``slurm`` (a cluster study outlives the login session: run ``study run`` again to resubmit what is left).
+    Returns ``{"study_dir", "runs", "skipped", "done", "failed", "busy", "submitted", "todo"}`` (run-id lists;
+    ``failed`` maps run id -> error line).
+    """
+    if launcher not in LAUNCHERS:
+        raise ValueError(f"launcher {launcher!r}: choose one of {', '.join(LAUNCHERS)}")
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
+    if not isinstance(study, StudyConfig):
+        study = load_study(study)
+    cfgs = expand(study)
+    sdir = study_dir(study, out)
+    runs = sdir / "runs"
+    _check_same_study(sdir, study)
+    states = {run_id(c): cell_state(c, runs) for c in cfgs}
+    drift: dict[str, list[str]] = {}
+    for c in cfgs:
+        if states[run_id(c)] != "new" and (keys := config_drift(c, runs)):
+            drift[run_id(c)] = keys
+    if drift:
+        lines = [f"  {rid}: {', '.join(keys[:8])}" for rid, keys in list(drift.items())[:10]]
+        raise ConfigError(f"{len(drift)} run(s) under {runs} were made with a different config; move them away, "
+                          f"restore the study's settings or give it another `out`:\n" + "\n".join(lines))
+    skipped = [rid for rid, s in states.items() if s == "done"]
+    todo = [c for c in cfgs if states[run_id(c)] != "done"]
+    summary: dict[str, Any] = {"study_dir": str(sdir), "runs": len(cfgs), "skipped": skipped, "done": [],
+                               "failed": {}, "busy": [], "submitted": [], "todo": [run_id(c) for c in todo]}
+    if dry_run:
+        verbs = {"new": "train", "partial": "resume", "failed": "retry"}
+        print(f"study {study.name}: {len(cfgs)} cells, {len(skipped)} done, {len(todo)} would run ({launcher})")
+        for c in todo:
+            print(f"  would {verbs[states[run_id(c)]]:<6} {run_id(c)}")
+        if launcher != "local":
+            print(f"  executor parameters: {executor_parameters(study, launcher, jobs)}")
+        return summary
+
+    sdir.mkdir(parents=True, exist_ok=True)
+    resolved = {**dump_study(study), "out": str(sdir)}
+    atomic_write_text(sdir / "study.yaml", yaml.safe_dump(resolved, sort_keys=False))
+    print(f"study {study.name}: {len(cfgs)} cells, {len(skipped)} already done, {len(todo)} to run "
+          f"({launcher}{f', {jobs} at a time' if jobs > 1 else ''}) -> {sdir}", flush=True)
+    progress = _Progress(len(todo))
+    try:
+        if launcher == "local":
+            results = (_run_sequential(todo, runs, train_fn, progress) if jobs == 1
+                       else _run_parallel(todo, runs, jobs, train_fn, progress))
+        elif todo:
+            results, summary["submitted"] = _run_submitit(
+                study, todo, sdir, runs, launcher, jobs, train_fn,
+                wait if wait is not None else launcher == "submitit-local", progress)
+        else:
+            results = {}
+    finally:
+        progress.close()
+    summary["skipped"] += [rid for rid, s in results.items() if s == "skipped"]
+    summary["done"] = [rid for rid, s in results.items() if s == "done"]
+    summary["busy"] = [rid for rid, s in results.items() if s == "busy"]
+    summary["failed"] = {rid: failure_line(RunDir(runs / rid)) for rid, s in results.items() if s == "failed"}
+    print(f"study {study.name}: {len(summary['done'])} done, {len(summary['failed'])} failed, "
+          f"{len(summary['skipped'])} skipped (already done)"
+          + (f", {len(summary['busy'])} busy (running elsewhere)" if summary["busy"] else "")
+          + (f", {len(summary['submitted'])} submitted" if summary["submitted"] else ""), flush=True)
+    for rid, line in summary["failed"].items():
+        print(f"  FAILED {rid}: {line} (see {runs / rid / 'FAILED'})")
+    return summary
+
+
+def run_cli(path: str | Path, launcher: str = "local", jobs: int = 1, dry_run: bool = False,
+            out: str | Path | None = None) -> int:
+    summary = run_study(path, launcher=launcher, jobs=jobs, dry_run=dry_run, out=out)
+    return 1 if summary["failed"] else 0

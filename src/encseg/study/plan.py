@@ -1,0 +1,402 @@
+"""A study file -> the grid of validated RunConfigs, their state on disk and their estimated cost.
+
+Conventions
+- A cell is one (encoder entry, train dataset, fraction, seed). Its RunConfig is ``base`` with the encoder's
+  sections merged in, the axis values set, then every matching ``overrides[].set`` applied in order.
+- ``tags`` record the axes as strings: ``encoder`` (the study label), ``regime``, ``train_dataset``,
+  ``fraction``, ``seed``, ``study``. The run directory name is ``engine.rundir.run_id(cfg)``.
+- Paths inside a study file (``base_config``, dataset YAMLs) are read relative to the current directory
+  when they exist there, else relative to the study file's folder. Dataset ``root``s follow the run-config
+  rule (relative to the current directory).
+- The study directory is ``out`` (default ``outputs/<name>``); runs live in ``<out>/runs/<run_id>/``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from encseg.config import (
+    ConfigError,
+    DatasetConfig,
+    RunConfig,
+    StudyConfig,
+    StudyMatch,
+    deep_merge,
+    read_yaml,
+    validate,
+)
+from encseg.engine.rundir import RunDir, run_id
+
+# Assumed, not measured: ViT-B + Mask2Former, 512 crop, batch 16, bf16 on one A100. Measure a few hundred
+# steps on your hardware and put the figure in the study's `cost: {sec_per_iter, device}`.
+DEFAULT_SEC_PER_ITER = 0.6
+DEFAULT_COST_DEVICE = "A100 (assumed default; set cost.sec_per_iter)"
+
+# Settings that change how a run is executed or logged but not what it computes: a finished run whose
+# stored config differs only here still counts as the same cell.
+_OPERATIONAL_KEYS = ("logging", "data.num_workers", "data.check", "train.compile")
+
+
+# --------------------------------------------------------------------------------------------- loading
+def _resolve_file(value: Any, base_dir: Path) -> Any:
+    if not isinstance(value, str):
+        return value
+    p = Path(value)
+    if p.is_absolute() or p.exists() or not (base_dir / p).exists():
+        return value  # a missing file is reported with the path as written
+    return str(base_dir / p)
+
+
+def load_study(path: str | Path) -> StudyConfig:
+    """Read and validate a study YAML; ``base_config`` and dataset paths are inlined in the result."""
+    path = Path(path)
+    raw = read_yaml(path)
+    base_dir = path.resolve().parent
+    if "base_config" in raw:
+        raw["base_config"] = _resolve_file(raw["base_config"], base_dir)
+    for key in ("train_datasets", "eval_datasets"):
+        if isinstance(raw.get(key), list):
+            raw[key] = [_resolve_file(v, base_dir) for v in raw[key]]
+    study = validate(StudyConfig, raw, str(path))
+    if study.out is None:
+        study.out = Path("outputs") / study.name
+    return study
+
+
+def dump_study(study: StudyConfig) -> dict[str, Any]:
+    """The resolved study as plain data; loading it again gives the same grid."""
+    data = study.model_dump(mode="json", exclude_unset=True)
+    data.pop("base_config", None)  # already merged into `base`
+    return data
+
+
+def study_dir(study: StudyConfig, out: str | Path | None = None) -> Path:
+    return Path(out) if out is not None else (study.out or Path("outputs") / study.name)
+
+
+def runs_root(study: StudyConfig, out: str | Path | None = None) -> Path:
+    return study_dir(study, out) / "runs"
+
+
+# ---------------------------------------------------------------------------------------------- expand
+@dataclass(frozen=True)
+class _Cell:
+    encoder_index: int
+    label: str
+    regime: str
+    dataset: DatasetConfig
+    fraction: float
+    seed: int
+
+    def describe(self) -> str:
+        return (f"encoder={self.label} regime={self.regime} train_dataset={self.dataset.display_name} "
+                f"fraction={self.fraction:g} seed={self.seed}")
+
+
+def _regime_id(regime: dict[str, Any]) -> str:
+    mode = regime.get("mode", "finetune")
+    return f"last{regime.get('last_n', 0)}" if mode == "last_n" else mode
+
+
+def _as_list(v: Any) -> list:
+    return v if isinstance(v, list) else [v]
+
+
+def _matches(rule: StudyMatch, cell: _Cell) -> bool:
+    def hit(key: str, value: Any) -> bool:
+        wanted = getattr(rule, key)
+        if wanted is None:
+            return True
+        if key == "fraction":
+            return any(math.isclose(value, w, rel_tol=1e-9, abs_tol=1e-12) for w in _as_list(wanted))
+        return value in _as_list(wanted)
+
+    return (hit("encoder", cell.label) and hit("regime", cell.regime)
+            and hit("train_dataset", cell.dataset.display_name) and hit("fraction", cell.fraction)
+            and hit("seed", cell.seed))
+
+
+def _check_rule_values(rule: StudyMatch, where: str, axes: dict[str, list]) -> None:
+    """A value that names no axis entry is almost always a typo that would silently match nothing."""
+    for key, known in axes.items():
+        wanted = getattr(rule, key)
+        if wanted is None:
+            continue
+        for w in _as_list(wanted):
+            ok = (any(math.isclose(w, k, rel_tol=1e-9, abs_tol=1e-12) for k in known) if key == "fraction"
+                  else w in known)
+            if not ok:
+                raise ConfigError(f"{where}.{key}: {w!r} is not in the study (known: "
+                                  f"{', '.join(str(k) for k in known)})")
+
+
+def _nest(dotted: dict[str, Any]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for key, value in dotted.items():
+        parts = key.split(".")
+        if not all(parts):
+            raise ConfigError(f"override key {key!r} has an empty segment")
+        tree = deep_merge(tree, _nest_one(parts, value))
+    return tree
+
+
+def _nest_one(parts: list[str], value: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {parts[-1]: value}
+    for p in reversed(parts[:-1]):
+        out = {p: out}
+    return out
+
+
+def _train_datasets(study: StudyConfig) -> list[DatasetConfig]:
+    if study.train_datasets:
+        return list(study.train_datasets)
+    ds = validate(DatasetConfig, study.base["data"]["dataset"], f"study {study.name}: base.data.dataset")
+    return [ds]
+
+
+def _cells(study: StudyConfig) -> list[_Cell]:
+    base_regime = (study.base.get("model") or {}).get("regime") or {}
+    regimes = [_regime_id(deep_merge(base_regime, e.regime.model_dump(exclude_unset=True)))
+               for e in study.encoders]
+    datasets = _train_datasets(study)
+    axes = {"encoder": [e.label for e in study.encoders], "regime": sorted(set(regimes)),
+            "train_dataset": [d.display_name for d in datasets], "fraction": study.fractions, "seed": study.seeds}
+    for i, rule in enumerate(study.exclude):
+        _check_rule_values(rule, f"study {study.name}: exclude[{i}]", axes)
+    for i, ov in enumerate(study.overrides):
+        _check_rule_values(ov.match, f"study {study.name}: overrides[{i}].match", axes)
+    cells = [_Cell(i, e.label, regimes[i], d, f, s)
+             for i, e in enumerate(study.encoders) for d in datasets for f in study.fractions for s in study.seeds]
+    return [c for c in cells if not any(_matches(rule, c) for rule in study.exclude)]
+
+
+def _cell_config(study: StudyConfig, cell: _Cell) -> RunConfig:
+    enc = study.encoders[cell.encoder_index]
+    model: dict[str, Any] = {"encoder": enc.encoder.model_dump(mode="json", exclude_unset=True),
+                             "regime": enc.regime.model_dump(mode="json", exclude_unset=True)}
+    for section in ("neck", "head"):
+        part = getattr(enc, section)
+        if part is not None:
+            model[section] = part.model_dump(mode="json", exclude_unset=True)
+    d = deep_merge(study.base, {"model": model})
+    data = dict(d.get("data") or {})
+    data.update(dataset=cell.dataset.model_dump(mode="json"), fraction=cell.fraction,
+                subset_seed=study.subset_seed)
+    d["data"] = data
+    if study.eval_datasets:
+        extra = [x.model_dump(mode="json") for x in study.eval_datasets
+                 if x.display_name != cell.dataset.display_name]
+        d["eval"] = {**(d.get("eval") or {}), "datasets": extra}
+    d["seed"] = cell.seed
+    d["tags"] = {"encoder": cell.label, "regime": cell.regime, "train_dataset": cell.dataset.display_name,
+                 "fraction": f"{cell.fraction:g}", "seed": str(cell.seed), "study": study.name}
+    for ov in study.overrides:
+        if _matches(ov.match, cell):
+            d = deep_merge(d, _nest(ov.set))
+    return validate(RunConfig, d, f"study {study.name}, cell [{cell.describe()}]")
+
+
+def expand(study: StudyConfig) -> list[RunConfig]:
+    """Every cell of the grid (minus exclusions) as a validated RunConfig, in encoder-dataset-fraction-seed order.
+
+    Raises ConfigError naming the cell and key when a cell's config is invalid, and when two cells would
+    share a run directory.
+    """
+    runs: list[RunConfig] = []
+    seen: dict[str, str] = {}
+    for cell in _cells(study):
+        cfg = _cell_config(study, cell)
+        rid = run_id(cfg)
+        if rid in seen:
+            raise ConfigError(f"study {study.name}: cells [{seen[rid]}] and [{cell.describe()}] share the run id "
+                              f"{rid!r}; give the encoder entries distinct labels")
+        seen[rid] = cell.describe()
+        runs.append(cfg)
+    return runs
+
+
+# ---------------------------------------------------------------------------------------------- state
+def cell_state(cfg: RunConfig, runs: Path) -> str:
+    """``new`` / ``partial`` / ``done`` / ``failed`` of the cell's run directory under ``runs``."""
+    return RunDir(runs / run_id(cfg)).state()
+
+
+def config_drift(cfg: RunConfig, runs: Path) -> list[str]:
+    """Keys where the run directory's stored config differs from the cell's (empty when none stored).
+
+    ``train()`` refuses to resume a partial run with another config but returns a DONE run as is, so a grid
+    whose settings were edited after some cells finished would silently mix old and new results.
+    """
+    rd = RunDir(runs / run_id(cfg))
+    if not rd.config_path.is_file():
+        return []
+    old = rd.read_config().model_dump(mode="json")
+    new = cfg.model_dump(mode="json")
+    # train() substitutes {runs_root} in dataset roots before writing config.yaml (engine.train.resolve_paths)
+    for ds in [new["data"]["dataset"], *new["eval"]["datasets"]]:
+        ds["root"] = str(ds["root"]).replace("{runs_root}", str(runs))
+    return [k for k in sorted(_diff(old, new)) if not any(k == o or k.startswith(o + ".") for o in _OPERATIONAL_KEYS)]
+
+
+def _diff(a: Any, b: Any, prefix: str = ""):
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in set(a) | set(b):
+            yield from _diff(a.get(k), b.get(k), f"{prefix}{k}.")
+    elif a != b:
+        yield prefix.rstrip(".")
+
+
+# ----------------------------------------------------------------------------------------------- cost
+@dataclass
+class CellCost:
+    run_id: str
+    train_images: int | None  # images in the cell's subset; None when the dataset is not on disk
+    iterations: int | None  # optimiser steps; None when the budget is in epochs and the size is unknown
+    gpus: int
+    gpu_hours: float | None
+
+
+@dataclass
+class CostEstimate:
+    cells: list[CellCost]
+    sec_per_iter: float
+    device: str
+    notes: list[str] = field(default_factory=list)  # why a dataset size is unknown
+
+    @property
+    def total_iterations(self) -> int:
+        return sum(c.iterations or 0 for c in self.cells)
+
+    @property
+    def total_gpu_hours(self) -> float:
+        return sum(c.gpu_hours or 0.0 for c in self.cells)
+
+    @property
+    def unknown(self) -> int:
+        return sum(c.iterations is None for c in self.cells)
+
+
+def _dataset_size(ds: DatasetConfig) -> tuple[int | None, str | None]:
+    """Images in the train split without generating or downloading anything; (None, reason) if unknown."""
+    if ds.synthetic is not None and not Path(ds.root).exists():
+        return ds.synthetic.train, None  # generated on first use with exactly this many train images
+    if not Path(ds.root).exists():
+        return None, f"{ds.display_name}: {ds.root} does not exist"
+    try:
+        from encseg.data.formats import build_dataset
+
+        return len(build_dataset(ds, ds.train_split)), None
+    except (ImportError, OSError, ValueError) as e:
+        return None, f"{ds.display_name}: cannot count images ({type(e).__name__}: {e})"
+
+
+def _subset_size(n: int, fraction: float, subset_seed: int) -> int:
+    try:
+        from encseg.data.subsets import subset_indices
+    except ImportError:
+        return max(1, round(n * fraction))
+    return len(subset_indices(n, fraction, subset_seed))
+
+
+def _gpus(cfg: RunConfig) -> int:
+    devices = cfg.train.devices if isinstance(cfg.train.devices, int) else 1
+    return max(1, devices) * cfg.train.num_nodes
+
+
+def _iterations(cfg: RunConfig, images: int | None) -> int | None:
+    if cfg.train.budget == "iters":
+        return cfg.train.max_iters
+    if images is None:
+        return None
+    per_step = cfg.data.batch_size * _gpus(cfg)
+    # the train loader drops the last incomplete batch unless the subset is smaller than one batch
+    batches = images // per_step if images >= per_step else 1
+    return cfg.train.max_epochs * math.ceil(batches / cfg.train.accumulate)
+
+
+def estimate_cost(runs: list[RunConfig], sec_per_iter: float | None = None, device: str | None = None,
+                  runs_root: Path | None = None) -> CostEstimate:
+    """Iterations and GPU-hours per run: ``iterations * sec_per_iter * gpus / 3600``.
+
+    ``runs_root`` fills ``{runs_root}`` in dataset roots, as ``train()`` does, so those datasets can be counted.
+    """
+    spi = sec_per_iter or DEFAULT_SEC_PER_ITER
+    dev = device or (DEFAULT_COST_DEVICE if sec_per_iter is None else "unspecified device")
+    sizes: dict[str, tuple[int | None, str | None]] = {}
+    notes: list[str] = []
+    cells = []
+    for cfg in runs:
+        ds = cfg.data.dataset
+        if runs_root is not None and "{runs_root}" in str(ds.root):
+            ds = ds.model_copy(update={"root": Path(str(ds.root).replace("{runs_root}", str(runs_root)))})
+        key = f"{ds.display_name}|{ds.root}|{ds.train_split}"
+        if key not in sizes:
+            sizes[key] = _dataset_size(ds)
+            if sizes[key][1]:
+                notes.append(sizes[key][1])
+        n = sizes[key][0]
+        images = _subset_size(n, cfg.data.fraction, cfg.data.subset_seed) if n is not None else None
+        iters = _iterations(cfg, images)
+        gpus = _gpus(cfg)
+        hours = iters * spi * gpus / 3600.0 if iters is not None else None
+        cells.append(CellCost(run_id(cfg), images, iters, gpus, hours))
+    return CostEstimate(cells, spi, dev, notes)
+
+
+def study_cost(study: StudyConfig, runs: list[RunConfig], out: str | Path | None = None) -> CostEstimate:
+    return estimate_cost(runs, study.cost.sec_per_iter, study.cost.device, runs_root(study, out))
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+def budget_rule(runs: list[RunConfig]) -> str:
+    """The k% budget rule in words, e.g. ``fixed iterations (max_iters 2000 or 8000, set per cell)``."""
+    parts = []
+    for budget, what, key in (("iters", "fixed iterations", "max_iters"),
+                              ("epochs", "fixed epochs; iterations scale with the subset size", "max_epochs")):
+        values = sorted({getattr(c.train, key) for c in runs if c.train.budget == budget})
+        if values:
+            per_cell = ", set per cell" if len(values) > 1 else ""
+            parts.append(f"{what} ({key} {' or '.join(map(str, values))}{per_cell})")
+    return "; ".join(parts)
+
+
+def format_plan(study: StudyConfig, runs: list[RunConfig], out: str | Path | None = None) -> str:
+    root = runs_root(study, out)
+    cost = study_cost(study, runs, out)
+    header = ("run id", "encoder", "regime", "dataset", "fraction", "seed", "images", "iterations", "state")
+    rows = []
+    states: dict[str, int] = {}
+    drifted = []
+    for cfg, c in zip(runs, cost.cells, strict=True):
+        state = cell_state(cfg, root)
+        states[state] = states.get(state, 0) + 1
+        if state != "new" and config_drift(cfg, root):
+            drifted.append(c.run_id)
+        rows.append((c.run_id, cfg.tags["encoder"], cfg.tags["regime"], cfg.tags["train_dataset"],
+                     f"{cfg.data.fraction:g}", str(cfg.seed), "?" if c.train_images is None else str(c.train_images),
+                     "unknown" if c.iterations is None else str(c.iterations), state))
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = [f"study {study.name}: {study_dir(study, out)}", f"budget: {budget_rule(runs)}", ""]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]]
+    lines.append("")
+    state_txt = ", ".join(f"{k} {v}" for k, v in sorted(states.items()))
+    lines.append(f"runs: {len(runs)} ({state_txt}); iterations: {cost.total_iterations}"
+                 + (f" (+{cost.unknown} unknown)" if cost.unknown else ""))
+    hours = cost.total_gpu_hours
+    lines.append(f"estimated GPU-hours: {hours:.1f}" if hours >= 1 else f"estimated GPU-hours: {hours:.2g}")
+    lines[-1] += (f" at {cost.sec_per_iter:g} s/iteration on "
+                 f"{cost.device}" + (" (runs of unknown size not counted)" if cost.unknown else ""))
+    lines += [f"note: {n}" for n in cost.notes]
+    if drifted:
+        lines.append(f"warning: {len(drifted)} run(s) on disk were made with a different config: "
+                     f"{', '.join(drifted[:5])}{' ...' if len(drifted) > 5 else ''}")
+    return "\n".join(lines)
+
+
+def plan_cli(path: str | Path) -> int:
+    study = load_study(path)
+    print(format_plan(study, expand(study)))
+    return 0

@@ -1,0 +1,146 @@
+"""End-to-end behaviour of ``encseg train``: files, overfitting, determinism, resume after a kill, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from encseg.config import ConfigError, load_run_config
+from encseg.data.synthetic import write_synthetic
+from encseg.engine.rundir import RunDir
+from encseg.engine.train import train
+
+from ._tiny import tiny_config
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data") / "synth"
+    write_synthetic(root, style="a", classes=4, train=8, val=5, size=64, seed=0)
+    return root
+
+
+def _run(cfg_dict, runs_root: Path) -> Path:
+    return train(load_run_config(data=cfg_dict), runs_root, argv=["test"])
+
+
+def test_run_directory_holds_every_file_the_study_needs(synth, tmp_path):
+    rd = RunDir(_run(tiny_config(synth), tmp_path))
+    for name in ["config.yaml", "env.json", "subset.txt", "history.csv", "model.safetensors", "model.json",
+                 "summary.json", "DONE", "checkpoints/last.ckpt", "checkpoints/best.ckpt", "eval/synth.json",
+                 "eval/synth_confusion.npy", "plots/loss.png", "plots/val_miou.png", "plots/confusion_synth.png"]:
+        assert (rd.path / name).is_file(), name
+    hist = pd.read_csv(rd.history_path)
+    assert {"step", "epoch", "time_s", "lr", "loss", "val_miou", "val_loss"} <= set(hist.columns)
+    assert hist["step"].max() == 20
+    val = hist.dropna(subset=["val_miou"])
+    assert list(val["step"]) == [10, 20]
+    summary = json.loads(rd.summary_path.read_text())
+    ev = json.loads(rd.eval_json("synth").read_text())
+    assert summary["miou"] == ev["metrics"]["miou"]
+    assert ev["num_images"] == 5 and len(ev["per_image_miou"]) == 5
+    assert ev["protocol"]["mode"] == "whole"
+    assert summary["params_total"] > summary["params_head"] > 0 and summary["gflops"] > 0
+    assert len(rd.subset_path.read_text().split()) == 8
+    env = json.loads(rd.env_path.read_text())
+    assert env["torch"] and env["end_time"]
+    # a finished run is not trained again
+    mtime = rd.done_path.stat().st_mtime
+    _run(tiny_config(synth), tmp_path)
+    assert rd.done_path.stat().st_mtime == mtime
+
+
+def test_tiny_model_overfits_eight_images(synth, tmp_path):
+    cfg = tiny_config(synth, data={"dataset": {"val_split": "train"}},
+                      train={"max_iters": 150, "lr": 3e-3, "val_every": 150})
+    summary = json.loads(RunDir(_run(cfg, tmp_path)).summary_path.read_text())
+    assert summary["miou"] >= 0.9, summary["miou"]
+
+
+def test_same_seed_is_identical_and_other_seed_differs(synth, tmp_path):
+    a = RunDir(_run(tiny_config(synth), tmp_path / "a"))
+    b = RunDir(_run(tiny_config(synth), tmp_path / "b"))
+    c = RunDir(_run(tiny_config(synth, seed=1), tmp_path / "c"))
+    cm_a, cm_b, cm_c = (np.load(r.confusion_npy("synth")) for r in (a, b, c))
+    np.testing.assert_array_equal(cm_a, cm_b)
+    assert json.loads(a.eval_json("synth").read_text())["metrics"] == \
+        json.loads(b.eval_json("synth").read_text())["metrics"]
+    assert not np.array_equal(cm_a, cm_c)
+
+
+def _cli(config: Path, runs_root: Path) -> subprocess.Popen:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    return subprocess.Popen([sys.executable, "-m", "encseg.cli", "train", str(config), "--runs-root", str(runs_root)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_killed_run_resumes_to_the_same_result(synth, tmp_path):
+    cfg = tiny_config(synth, train={"max_iters": 30, "checkpoint_every": 5, "val_every": 15})
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    reference = RunDir(_run(cfg, tmp_path / "ref"))
+
+    root = tmp_path / "killed"
+    proc = _cli(path, root)
+    rd = RunDir(root / reference.name)
+    deadline = time.time() + 240
+    while not rd.last_ckpt.is_file() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()[0][-3000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not rd.is_done()
+
+    resumed = _cli(path, root)
+    out = resumed.communicate(timeout=300)[0]
+    assert resumed.returncode == 0, out[-3000:]
+    assert "resuming" in out
+    assert rd.is_done()
+    np.testing.assert_array_equal(np.load(rd.confusion_npy("synth")), np.load(reference.confusion_npy("synth")))
+    hist = pd.read_csv(rd.history_path)
+    assert not hist.duplicated(subset=["step", "val_miou"]).any()
+
+
+def test_config_typo_names_the_closest_key(synth):
+    cfg = tiny_config(synth, train={"weight_decy": 1.0})
+    with pytest.raises(ConfigError, match=r"unknown key 'train\.weight_decy' \(did you mean 'weight_decay'\?\)"):
+        load_run_config(data=cfg)
+
+
+def test_missing_dataset_root_fails_before_training(tmp_path):
+    cfg = tiny_config(tmp_path / "nowhere")
+    with pytest.raises((FileNotFoundError, ValueError), match="nowhere"):
+        _run(cfg, tmp_path / "runs")
+    assert not any((tmp_path / "runs").rglob("*.ckpt"))
+
+
+def test_nan_loss_stops_with_step_terms_and_files(synth, tmp_path, monkeypatch):
+    from encseg.engine.module import NonFiniteLossError
+    from encseg.models.segmenter import Segmenter
+
+    original = Segmenter.loss
+    calls = {"n": 0}
+
+    def poisoned(self, images, masks):
+        out = original(self, images, masks)
+        calls["n"] += 1
+        if self.training and calls["n"] >= 3:
+            out = dict(out, loss=out["loss"] * float("nan"))
+        return out
+
+    monkeypatch.setattr(Segmenter, "loss", poisoned)
+    cfg = tiny_config(synth)
+    with pytest.raises(NonFiniteLossError, match=r"step \d+.*terms.*batch files.*\.png"):
+        _run(cfg, tmp_path)
+    failed = next(tmp_path.glob("*/FAILED"))
+    assert "NonFiniteLossError" in failed.read_text()

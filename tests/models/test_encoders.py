@@ -1,0 +1,170 @@
+"""The encoder zoo: names, taps, shapes at any input size, layer ids, and the table."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import timm
+import torch
+
+from encseg.config import EncoderConfig
+from encseg.models.encoders import (
+    TapError,
+    build_encoder,
+    get_spec,
+    list_encoders,
+    print_encoder_table,
+    resolve_taps,
+)
+
+TINY = dict(embed_dim=64, depth=4, num_heads=2)
+FAMILY_TINY = {  # one entry per family, shrunk through timm_kwargs
+    "clip_openai_vitb16": TINY,
+    "clip_laion_vitl14": TINY,
+    "dinov2_vitb14_reg": TINY,
+    "mae_vitb16": TINY,
+    "siglip_vitb16": TINY,
+    "siglip2_vitb16": TINY,
+    "eva02_vitb14": TINY,
+    "sam_vitb16": dict(TINY, global_attn_indexes=[1, 3], window_size=4),
+    "supervised_vitb16": TINY,
+    "random_vitb16": TINY,
+}
+
+
+def test_every_family_has_a_tiny_case():
+    assert {get_spec(n).family for n in FAMILY_TINY} == {get_spec(n).family for n in list_encoders()}
+
+
+@pytest.mark.parametrize("name", list(FAMILY_TINY))
+def test_family_builds_and_taps_any_size(name):
+    enc = build_encoder(EncoderConfig(name=name, weights="none", timm_kwargs=FAMILY_TINY[name]), 64).eval()
+    spec = get_spec(name)
+    assert (enc.patch_size, enc.depth, enc.embed_dim) == (spec.patch, 4, 64)
+    assert enc.tap_indices == [0, 1, 2, 3]
+    assert (enc.mean, enc.std) == (spec.mean, spec.std)
+    for h, w in [(64, 64), (72, 50)]:  # 72 and 50 divide by neither 14 nor 16
+        with torch.no_grad():
+            taps = enc(torch.randn(2, 3, h, w))
+        shape = (2, 64, math.ceil(h / enc.patch_size), math.ceil(w / enc.patch_size))
+        assert [tuple(t.shape) for t in taps] == [shape] * 4
+        assert all(torch.isfinite(t).all() for t in taps)
+    # every parameter left after pruning is used, and has a layer id for layer-wise LR decay
+    sum(t.square().mean() for t in enc(torch.randn(1, 3, 64, 64))).backward()
+    unused = [n for n, p in enc.named_parameters() if p.grad is None]
+    assert not unused
+    assert {enc.layer_id(n) for n, _ in enc.named_parameters()} == set(range(5))
+
+
+def test_taps_are_raw_block_outputs_without_prefix_tokens():
+    """Against a hand-run of the timm blocks: class + 4 register tokens removed, no final norm."""
+    enc = build_encoder(EncoderConfig(name="dinov2_vitb14_reg", weights="none", taps=[0.5, 1.0],
+                                      timm_kwargs=TINY), 56).eval()
+    vit = enc.vit
+    assert vit.num_prefix_tokens == 5 and isinstance(vit.norm, torch.nn.Identity)
+    x = torch.randn(1, 3, 56, 70)
+    with torch.no_grad():
+        t = vit.norm_pre(vit._pos_embed(vit.patch_embed(x)))
+        outs = []
+        for blk in vit.blocks:
+            t = blk(t)
+            outs.append(t[:, 5:].reshape(1, 4, 5, 64).permute(0, 3, 1, 2))
+        got = enc(x)
+    assert enc.tap_indices == [1, 3]
+    torch.testing.assert_close(got[0], outs[1], rtol=0, atol=1e-6)
+    torch.testing.assert_close(got[1], outs[3], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("taps,depth,want", [
+    ([0.25, 0.5, 0.75, 1.0], 12, [2, 5, 8, 11]),
+    ([0.25, 0.5, 0.75, 1.0], 24, [5, 11, 17, 23]),
+    ([1.0], 12, [11]),  # 1.0 is always "the last block"
+    ([0, 1], 12, [0, 1]),  # a value outside (0, 1] makes the list block indices
+    ([3, 7, 11], 12, [3, 7, 11]),
+    ([-1, 5], 12, [11, 5]),
+    ([0.1], 4, [0]),
+])
+def test_resolve_taps(taps, depth, want):
+    assert resolve_taps(taps, depth) == want
+
+
+@pytest.mark.parametrize("taps", [[0.5, 3], [12], [2.5], [], [-13]])
+def test_bad_taps_raise(taps):
+    with pytest.raises(TapError, match="taps"):
+        resolve_taps(taps, 12)
+
+
+def test_layer_ids_and_pruning():
+    enc = build_encoder(EncoderConfig(name="random_vitb16", taps=[0.5], timm_kwargs=TINY), 64)
+    assert enc.load_report.format == "none"  # random entries default to random init
+    assert len(enc.vit.blocks) == 2 and enc.depth == 4  # blocks after the last tap are pruned
+    ids = {n: enc.layer_id(n) for n, _ in enc.named_parameters()}
+    assert ids["vit.cls_token"] == ids["vit.pos_embed"] == ids["vit.patch_embed.proj.weight"] == 0
+    assert ids["vit.blocks.0.attn.qkv.weight"] == 1 and ids["vit.blocks.1.mlp.fc2.bias"] == 2
+    assert set(ids.values()) == {0, 1, 2}  # final norm and head are gone: every parameter is used
+    assert enc.layer_id("encoder.vit.blocks.3.norm1.weight") == 4  # names relative to a parent module
+    assert enc.layer_id("blocks.2.ls1.gamma") == 3
+    assert enc.layer_id("vit.norm.weight") == enc.layer_id("vit.head.weight") == 5
+
+
+def test_img_size_sets_pos_embed_grid():
+    enc = build_encoder(EncoderConfig(name="mae_vitb16", weights="none", timm_kwargs=TINY), 96)
+    assert enc.vit.pos_embed.shape[1] == 1 + 6 * 6
+    enc = build_encoder(EncoderConfig(name="mae_vitb16", weights="none", img_size=64, timm_kwargs=TINY), 96)
+    assert enc.vit.pos_embed.shape[1] == 1 + 4 * 4
+
+
+def test_unknown_name_lists_known_ones():
+    with pytest.raises(ValueError) as err:
+        get_spec("dinov2_vitb16")
+    msg = str(err.value)
+    assert isinstance(err.value, KeyError)
+    assert "Did you mean 'dinov2_vitb14'" in msg
+    assert all(n in msg for n in list_encoders())
+    with pytest.raises(ValueError, match="unknown encoder 'resnet50'"):
+        get_spec("resnet50")  # a timm model, but not a ViT
+    with pytest.raises(ValueError, match="unknown encoder"):
+        build_encoder(EncoderConfig(name="vit_base_patch16_224.no_such_tag"), 64)
+
+
+def test_escape_hatch_any_timm_vit():
+    spec = get_spec("vit_small_patch16_224.augreg_in21k")
+    assert (spec.family, spec.arch, spec.hub_tag) == ("timm", "vit_small_patch16_224", "augreg_in21k")
+    assert (spec.patch, spec.embed_dim, spec.depth) == (16, 384, 12)
+    assert spec.mean == (0.5, 0.5, 0.5)  # from timm's pretrained_cfg
+    enc = build_encoder(EncoderConfig(name="vit_base_patch16_224", weights="none",
+                                      timm_kwargs=dict(TINY, patch_size=8)), 64)
+    assert [tuple(t.shape) for t in enc(torch.randn(1, 3, 64, 64))] == [(1, 64, 8, 8)] * 4
+
+
+def test_registry_matches_timm():
+    """Every arch.tag exists in timm, and the entry's patch/width/depth/mean/std are timm's."""
+    pretrained = set(timm.list_models(pretrained=True))
+    for name in list_encoders():
+        spec = get_spec(name)
+        if spec.hub_tag is not None:
+            assert spec.pretrained_name in pretrained, name
+            cfg = timm.models.get_pretrained_cfg(spec.pretrained_name)
+            assert spec.mean == pytest.approx(cfg.mean) and spec.std == pytest.approx(cfg.std), name
+        with torch.device("meta"):
+            vit = timm.create_model(spec.arch, num_classes=0)
+        assert (spec.patch, spec.embed_dim, spec.depth) == (vit.patch_embed.patch_size[0], vit.embed_dim,
+                                                            len(vit.blocks)), name
+    assert get_spec("siglip_vitb16").pretrained_name.endswith(".webli")
+    assert get_spec("siglip2_vitb16").pretrained_name.endswith(".v2_webli")
+    assert "quickgelu" in get_spec("clip_openai_vitb16").arch
+
+
+def test_encoder_table(capsys):
+    from encseg.cli import main
+
+    assert main(["encoders"]) == 0
+    out = capsys.readouterr().out
+    for name in list_encoders():
+        assert name in out
+    assert "timm/vit_base_patch14_dinov2.lvd142m" in out and "params" not in out
+    print_encoder_table(params=True)
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("dinov2_vitb14 "))
+    assert "86.6M" in row and "imagenet" in row and "dinov2,timm" in row
