@@ -160,6 +160,19 @@ def test_cost_follows_the_budget_rule(tmp_path):
     assert any("nowhere" in n for n in mcost.notes)
 
 
+def test_cost_counts_a_dataset_on_disk_under_the_runs_root(tmp_path):
+    from encseg.data.synthetic import write_synthetic
+
+    study_data = _study(tmp_path, overrides=[], exclude=[], seeds=[0], eval_datasets=[], fractions=[0.5, 1.0],
+                        train_datasets=[{"name": "disk", "root": "{runs_root}/_data/disk"}])
+    study_data["base"]["train"] = {"budget": "epochs", "max_epochs": 2}
+    study_data["base"]["data"]["batch_size"] = 2
+    study = load_study(_write(tmp_path, study_data))
+    write_synthetic(runs_root(study) / "_data" / "disk", style="a", classes=3, train=6, val=2, size=32, seed=0)
+    cost = estimate_cost(expand(study), runs_root=runs_root(study))
+    assert [(c.train_images, c.iterations) for c in cost.cells] == [(3, 2), (6, 6)] * 2 and not cost.notes
+
+
 def test_plan_prints_grid_states_and_totals(tmp_path, capsys):
     path = _write(tmp_path, _study(tmp_path, cost={"sec_per_iter": 1.8, "device": "H100"}))
     study = load_study(path)

@@ -71,7 +71,8 @@ def evaluate(segmenter, loader, e: EvalConfig, crop_size: int, class_names: list
     device = torch.device(device)
     segmenter.eval().to(device)
     n = len(class_names)
-    cm = ConfusionMatrix(n).to(device)
+    # a single-process pass (after DDP training, only rank 0 evaluates): never wait for other ranks
+    cm = ConfusionMatrix(n, sync_on_compute=False).to(device)
     lp, lg = _lut(lut_pred, device), _lut(lut_gt, device)
     per_image, files = [], []
     it = loader
@@ -111,7 +112,8 @@ def cross_dataset_luts(train_ds: DatasetConfig, eval_ds: DatasetConfig, train_cl
     if same:
         return None, None, list(train_classes), None
     from encseg.data.taxonomy import shared_space
-    lut_t, lut_e, names = shared_space(train_ds.taxonomy or train_ds.format, eval_ds.taxonomy or eval_ds.format)
+    lut_t, lut_e, names = shared_space(train_ds.taxonomy or train_ds.format, eval_ds.taxonomy or eval_ds.format,
+                                       train_classes=list(train_classes), eval_classes=list(eval_classes))
     cross = {"train_dataset": train_ds.display_name, "shared_classes": list(names)}
     return np.asarray(lut_t), np.asarray(lut_e), list(names), cross
 

@@ -45,6 +45,7 @@ class TrainSampler(Sampler[int]):
     def __init__(self, n: int, seed: int, rank: int = 0, world_size: int = 1):
         self.n, self.seed, self.rank, self.world_size = n, seed, rank, world_size
         self.epoch = 0
+        self.skip = 0  # samples of this rank already consumed in the current epoch (a resumed run)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -54,10 +55,33 @@ class TrainSampler(Sampler[int]):
         order = torch.randperm(self.n, generator=g).tolist()
         total = len(self) * self.world_size
         order = (order * math.ceil(total / max(1, self.n)))[:total]
-        return iter(self.epoch * self.n + i for i in order[self.rank::self.world_size])
+        mine = order[self.rank::self.world_size][self.skip:]
+        self.skip = 0
+        return iter([self.epoch * self.n + i for i in mine])
 
     def __len__(self) -> int:
         return math.ceil(self.n / self.world_size)
+
+
+class ResumableLoader(DataLoader):
+    """A train loader that a run resumed mid-epoch continues where the checkpoint left it.
+
+    ``resume_at(global_step, accumulate)`` makes the next iteration skip the batches of the current epoch that
+    were already trained on (the sampler's order is a function of (seed, epoch), so nothing needs saving).
+    ``state_dict``/``load_state_dict`` mark the loader as resumable for Lightning; the state itself is the
+    trainer's step count.
+    """
+
+    def resume_at(self, global_step: int, accumulate: int) -> None:
+        per_epoch = len(self)
+        if per_epoch:
+            self.sampler.skip = (global_step * accumulate) % per_epoch * self.batch_size
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        return None
 
 
 class SeededAugment(Dataset):
@@ -132,7 +156,7 @@ def eval_dataset(ds_cfg: DatasetConfig, data: DataConfig, mean, std, split: str 
 
 def train_loader(ds, data: DataConfig, seed: int, rank: int, world_size: int) -> DataLoader:
     # an own generator keeps the loader from drawing on the global RNG, which the model's point sampling uses
-    return DataLoader(ds, batch_size=data.batch_size, sampler=TrainSampler(len(ds), seed, rank, world_size),
+    return ResumableLoader(ds, batch_size=data.batch_size, sampler=TrainSampler(len(ds), seed, rank, world_size),
                       num_workers=data.num_workers, collate_fn=collate, drop_last=len(ds) >= data.batch_size,
                       pin_memory=torch.cuda.is_available(), persistent_workers=data.num_workers > 0,
                       generator=torch.Generator().manual_seed(seed))

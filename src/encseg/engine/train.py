@@ -28,6 +28,14 @@ from encseg.engine.rundir import RunDir, atomic_write_json, atomic_write_text, f
 log = logging.getLogger("encseg")
 
 
+class _DropAdverts(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage().lower()
+
+
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdverts())
+
+
 def resolve_paths(cfg: RunConfig, runs_root: Path) -> RunConfig:
     """Substitute ``{runs_root}`` in dataset roots (the smoke/demo configs keep their data under it)."""
     data = cfg.model_dump(mode="json")
@@ -92,7 +100,9 @@ class _Data(L.LightningDataModule):
 
     def train_dataloader(self):
         t = self.trainer
-        return train_loader(self.train_ds, self.cfg.data, self.cfg.seed, t.global_rank, t.world_size)
+        loader = train_loader(self.train_ds, self.cfg.data, self.cfg.seed, t.global_rank, t.world_size)
+        loader.resume_at(t.global_step, self.cfg.train.accumulate)  # 0 on a fresh run
+        return loader
 
     def val_dataloader(self):
         t = self.trainer

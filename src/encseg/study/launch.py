@@ -150,8 +150,10 @@ def _report(progress: _Progress, results: dict[str, str], rd: RunDir, status: st
 
 # ---------------------------------------------------------------------------------------- local runs
 def _run_sequential(todo: list[RunConfig], runs: Path, train_fn: TrainFn | None, progress: _Progress) -> dict:
-    fn = train_fn or _default_train()  # an import error surfaces once, not as a FAILED per cell
     results: dict[str, str] = {}
+    if not todo:
+        return results
+    fn = train_fn or _default_train()  # an import error surfaces once, not as a FAILED per cell
     for cfg in todo:
         t0 = time.monotonic()
         _report(progress, results, RunDir(runs / run_id(cfg)), run_cell(cfg, runs, fn), t0)

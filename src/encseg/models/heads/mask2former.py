@@ -91,7 +91,9 @@ class DistributedMask2FormerLoss(Mask2FormerLoss):
     def get_num_masks(self, class_labels: list[Tensor], device: torch.device) -> Tensor:
         num_masks = torch.as_tensor(float(sum(len(c) for c in class_labels)), dtype=torch.float, device=device)
         world_size = 1
-        if dist.is_available() and dist.is_initialized():
+        # only in training: ranks may hold different numbers of validation images, and a collective called an
+        # unequal number of times deadlocks; a validation loss is a per-rank curve, not a gradient
+        if self.training and dist.is_available() and dist.is_initialized():
             dist.all_reduce(num_masks)
             world_size = dist.get_world_size()
         return torch.clamp(num_masks / world_size, min=1)
