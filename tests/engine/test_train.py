@@ -81,7 +81,18 @@ def test_same_seed_is_identical_and_other_seed_differs(synth, tmp_path):
 def _cli(config: Path, runs_root: Path) -> subprocess.Popen:
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     return subprocess.Popen([sys.executable, "-m", "encseg.cli", "train", str(config), "--runs-root", str(runs_root)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def _finish(proc: subprocess.Popen, timeout: float) -> str:
+    """Wait for a CLI run; on timeout kill its whole process group (DDP workers included)."""
+    try:
+        return proc.communicate(timeout=timeout)[0]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 def test_killed_run_resumes_to_the_same_result(synth, tmp_path):
@@ -96,13 +107,13 @@ def test_killed_run_resumes_to_the_same_result(synth, tmp_path):
     deadline = time.time() + 240
     while not rd.last_ckpt.is_file() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.2)
-    assert proc.poll() is None, proc.communicate()[0][-3000:]
-    proc.send_signal(signal.SIGKILL)
+    assert proc.poll() is None, _finish(proc, 10)[-3000:]
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not rd.is_done()
 
     resumed = _cli(path, root)
-    out = resumed.communicate(timeout=300)[0]
+    out = _finish(resumed, 300)
     assert resumed.returncode == 0, out[-3000:]
     assert "resuming" in out
     assert rd.is_done()
@@ -153,7 +164,7 @@ def test_two_process_ddp_validation_counts_every_image_once(synth, tmp_path):
     path = tmp_path / "ddp.yaml"
     path.write_text(yaml.safe_dump(cfg))
     proc = _cli(path, tmp_path / "runs")
-    out = proc.communicate(timeout=400)[0]
+    out = _finish(proc, 400)
     assert proc.returncode == 0, out[-4000:]
     rd = RunDir(next(p for p in (tmp_path / "runs").iterdir() if (p / "DONE").is_file()))
     ddp_cm = np.load(rd.eval_dir / "val_confusion_last.npy")

@@ -179,9 +179,13 @@ def _exit_with_parent(parent_pid: int) -> None:
             os._exit(1)
 
 
-def _worker(cfg: RunConfig, runs: str, train_fn: TrainFn | None, gpu: str | None, parent_pid: int) -> None:
+def _worker(cfg: RunConfig, runs: str, train_fn: TrainFn | None, gpu: str | None, parent_pid: int,
+            threads: int | None = None) -> None:
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+    if threads is not None:  # CPU cells share the cores instead of each oversubscribing all of them
+        import torch
+        torch.set_num_threads(threads)
     threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
     sys.exit(_STATUS_CODES[run_cell(cfg, Path(runs), train_fn)])
 
@@ -202,7 +206,8 @@ def _run_parallel(todo: list[RunConfig], runs: Path, jobs: int, train_fn: TrainF
                 if slot not in running and pending:
                     cfg = pending.popleft()
                     gpu = gpus[slot % len(gpus)] if gpus else None
-                    proc = ctx.Process(target=_worker, args=(cfg, str(runs), train_fn, gpu, os.getpid()),
+                    threads = None if gpus else max(1, (os.cpu_count() or 1) // jobs)
+                    proc = ctx.Process(target=_worker, args=(cfg, str(runs), train_fn, gpu, os.getpid(), threads),
                                        name=f"encseg-{run_id(cfg)}")
                     proc.start()
                     running[slot] = (proc, cfg, time.monotonic())
