@@ -28,7 +28,7 @@ def _data_synth(a: argparse.Namespace) -> int:
     from encseg.data.synthetic import write_synthetic
 
     write_synthetic(a.out, style=a.style, classes=a.classes, train=a.train, val=a.val, size=a.size,
-                    seed=a.seed, layout=a.layout)
+                    seed=a.seed, layout=a.layout, cue=a.cue)
     print(f"wrote {a.layout} dataset to {a.out}")
     return 0
 
@@ -108,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--size", type=int, default=128)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--layout", default="folder", choices=["folder", "ade20k", "voc", "cityscapes"])
+    s.add_argument("--cue", default="shape_texture", choices=["shape_texture", "texture"],
+                   help="what defines a class: shape and texture, or texture alone")
     s.set_defaults(fn=_data_synth)
     s = data.add_parser("check", help="validate every image/mask pair of a dataset")
     s.add_argument("path", help="dataset config YAML or a folder-format directory")

@@ -38,6 +38,7 @@ class SynthConfig(Strict):
     size: int = Field(128, ge=16)
     seed: int = 0
     layout: Literal["folder", "ade20k", "voc", "cityscapes"] = "folder"
+    cue: Literal["shape_texture", "texture"] = "shape_texture"  # what defines a class (see data/synthetic.py)
 
 
 class DatasetConfig(Strict):

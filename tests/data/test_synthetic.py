@@ -69,3 +69,22 @@ def test_layout_class_limits(tmp_path):
         write_synthetic(tmp_path / "c", classes=20, layout="cityscapes")
     with pytest.raises(ValueError, match="layout"):
         write_synthetic(tmp_path / "c", layout="kitti")
+
+
+def test_texture_cue_names_classes_by_texture_and_keeps_them_across_styles(tmp_path):
+    import numpy as np
+    import yaml
+    from PIL import Image
+
+    from encseg.data.synthetic import class_names, write_synthetic
+
+    assert class_names(4, cue="texture") == ["background", "striped", "checkered", "dotted"]
+    a = write_synthetic(tmp_path / "a", style="a", classes=4, train=6, val=2, size=48, seed=3, cue="texture")
+    b = write_synthetic(tmp_path / "b", style="b", classes=4, train=6, val=2, size=48, seed=3, cue="texture")
+    for root in (a, b):
+        desc = yaml.safe_load((root / "dataset.yaml").read_text())
+        assert desc["classes"] == class_names(4, cue="texture") and desc["synthetic"]["cue"] == "texture"
+    labels = np.concatenate([np.asarray(Image.open(p)).ravel() for p in sorted((a / "annotations" / "train").iterdir())])
+    assert set(np.unique(labels)) <= {0, 1, 2, 3} and len(np.unique(labels)) >= 3
+    with pytest.raises(ValueError, match="unknown synthetic cue"):
+        class_names(4, cue="colour")

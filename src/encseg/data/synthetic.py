@@ -9,6 +9,11 @@ faint style texture and 0-2 *distractor* blobs that carry class textures but no 
 are drawn per instance from the style's palette, so colour never identifies a class; textures are drawn in
 the image frame (a striped object keeps horizontal stripes when the shape rotates).
 
+With ``cue="texture"`` a class is a texture alone: each object's shape is drawn at random from the first four
+shapes, and the distractor blobs carry textures that belong to no class. That task needs texture features
+(colour still never identifies a class) and is learnt in a few hundred steps by a tiny model, which is what
+the demo needs; ``shape_texture`` (the default) is the harder task.
+
 A style changes the colour palette, the texture period and contrast, and the background, and keeps the
 class definitions: styles ``a`` and ``b`` (or any other name, derived deterministically from the name) form
 a source/target pair with identical classes. The same ``(style, seed, size, counts)`` gives identical files.
@@ -64,10 +69,30 @@ def class_recipe(k: int) -> tuple[str, str, float]:
     return SHAPES[shape], TEXTURES[texture], 1.0 if k - 1 < len(_PAIRS) else COARSE_FACTOR
 
 
-def class_names(num_classes: int) -> list[str]:
-    """``background`` then ``<texture>_<shape>`` names; class k is the same for every ``num_classes > k``."""
+CUES = ("shape_texture", "texture")
+MAX_TEXTURE_CLASSES = len(TEXTURES) - 1  # one texture stays free for the distractors
+
+
+def _check_cue(cue: str, num_classes: int) -> None:
+    if cue not in CUES:
+        raise ValueError(f"unknown synthetic cue {cue!r} (known: {', '.join(CUES)})")
+    if cue == "texture" and not 2 <= num_classes <= MAX_TEXTURE_CLASSES + 1:
+        raise ValueError(f"cue 'texture' allows 2..{MAX_TEXTURE_CLASSES + 1} classes, got {num_classes}")
+
+
+def texture_class(k: int) -> str:
+    """The texture of object class ``k >= 1`` under ``cue="texture"``."""
+    return TEXTURES[k - 1]
+
+
+def class_names(num_classes: int, cue: str = "shape_texture") -> list[str]:
+    """``background`` then ``<texture>_<shape>`` names (or ``<texture>`` names for ``cue="texture"``); class k
+    is the same for every ``num_classes > k``."""
     if not 2 <= num_classes <= MAX_CLASSES:
         raise ValueError(f"synthetic datasets have 2..{MAX_CLASSES} classes, got {num_classes}")
+    _check_cue(cue, num_classes)
+    if cue == "texture":
+        return ["background"] + [texture_class(k) for k in range(1, num_classes)]
     names = ["background"]
     for k in range(1, num_classes):
         shape, texture, factor = class_recipe(k)
@@ -212,7 +237,8 @@ def _smooth_noise(rng: np.random.Generator, size: int, cells: int, channels: int
     return np.asarray(up, dtype=np.float64).reshape(size, size, channels) / 255
 
 
-def render_scene(style: Style, num_classes: int, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def render_scene(style: Style, num_classes: int, size: int, rng: np.random.Generator,
+                 cue: str = "shape_texture") -> tuple[np.ndarray, np.ndarray]:
     """One ``(image uint8 (S,S,3), train ids uint8 (S,S))`` scene; see the module docstring for the rules."""
     y, x = np.mgrid[0:size, 0:size].astype(np.float64)
     period = max(style.period * size, 3.0)
@@ -224,15 +250,20 @@ def render_scene(style: Style, num_classes: int, size: int, rng: np.random.Gener
     img = np.clip(bg_rgb * (1 + 0.25 * (faint[..., None] - 0.5)), 0, 1)
     label = np.zeros((size, size), dtype=np.uint8)
     for _ in range(rng.integers(0, 3)):
-        k = int(rng.integers(1, num_classes))
-        _, texture, factor = class_recipe(k)
+        if cue == "texture":  # a texture of no class: texture alone must still decide
+            texture, factor = TEXTURES[int(rng.integers(num_classes - 1, len(TEXTURES)))], 1.0
+        else:
+            _, texture, factor = class_recipe(int(rng.integers(1, num_classes)))
         blob = _smooth_noise(rng, size, int(rng.integers(3, 6)), 1)[..., 0] > rng.uniform(0.7, 0.8)
         pattern = _texture(texture, x, y, period * factor, rng.uniform(), (size / 2, size / 2), rng).astype(float)
         _paint(img, blob, pattern, _colour(style, rng), 0.5 * rng.uniform(*style.contrast))
     # objects, painted in order so that later ones occlude earlier ones
     for _ in range(rng.integers(3, 7)):
         k = int(rng.integers(1, num_classes))
-        shape, texture, factor = class_recipe(k)
+        if cue == "texture":
+            shape, texture, factor = SHAPES[int(rng.integers(0, 4))], texture_class(k), 1.0
+        else:
+            shape, texture, factor = class_recipe(k)
         cx, cy = rng.uniform(0, size, 2)
         radius = rng.uniform(0.12, 0.25) * size
         theta = rng.uniform(0, 2 * np.pi)
@@ -306,7 +337,7 @@ def _write_item(out: Path, layout: str, split: str, i: int, image: np.ndarray, l
 
 
 def write_synthetic(out: str | Path, style: str = "a", classes: int = 5, train: int = 64, val: int = 16,
-                    size: int = 128, seed: int = 0, layout: str = "folder") -> Path:
+                    size: int = 128, seed: int = 0, layout: str = "folder", cue: str = "shape_texture") -> Path:
     """Write a synthetic dataset to ``out`` (which must not exist or be empty) and return ``out``.
 
     ``layout``: ``folder`` (``images/<split>``, ``annotations/<split>`` palette PNGs, ``dataset.yaml``),
@@ -317,7 +348,7 @@ def write_synthetic(out: str | Path, style: str = "a", classes: int = 5, train: 
     out = Path(out)
     if layout not in LAYOUTS:
         raise ValueError(f"unknown synthetic layout {layout!r} (known: {', '.join(LAYOUTS)})")
-    names = class_names(classes)
+    names = class_names(classes, cue)
     if classes > _LAYOUT_MAX_CLASSES.get(layout, MAX_CLASSES):
         raise ValueError(f"layout {layout!r} holds at most {_LAYOUT_MAX_CLASSES[layout]} classes, got {classes}")
     if train < 1 or val < 1 or size < 16:
@@ -331,14 +362,14 @@ def write_synthetic(out: str | Path, style: str = "a", classes: int = 5, train: 
         for i in range(count):
             # keyed by the split's role, not its name, so every layout holds the same scenes
             rng = np.random.default_rng([seed, zlib.crc32(style.encode()), role, i])
-            image, label = render_scene(st, classes, size, rng)
+            image, label = render_scene(st, classes, size, rng, cue)
             ids.append(_write_item(out, layout, split, i, image, label, palette))
         if layout == "voc":
             lists = out / "VOC2012" / "ImageSets" / "Segmentation"
             lists.mkdir(parents=True, exist_ok=True)
             (lists / f"{split}.txt").write_text("".join(f"{s}\n" for s in ids))
-    record = {"style": asdict(st), "classes": classes, "train": train, "val": val, "size": size, "seed": seed,
-              "layout": layout}
+    record = {"style": asdict(st), "classes": classes, "cue": cue, "train": train, "val": val, "size": size,
+              "seed": seed, "layout": layout}
     if layout == "folder":
         desc = {"name": f"synthetic_{style}", "classes": names, "palette": palette.tolist(),
                 "ignore_index": IGNORE_INDEX, "taxonomy": "synthetic", "synthetic": record}
@@ -362,7 +393,7 @@ def ensure_synthetic(root: Path, synth, expected_format: str) -> Path:
     tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         write_synthetic(tmp, style=synth.style, classes=synth.classes, train=synth.train, val=synth.val,
-                        size=synth.size, seed=synth.seed, layout=synth.layout)
+                        size=synth.size, seed=synth.seed, layout=synth.layout, cue=synth.cue)
         try:
             os.rename(tmp, root)
         except OSError:

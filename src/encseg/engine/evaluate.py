@@ -1,13 +1,20 @@
 """Scoring a segmenter on a dataset: whole / sliding-window inference, optional TTA, cross-dataset taxonomy.
 
 Predictions are scored at the ground truth's original resolution (class scores are resized back, as
-mmsegmentation does); pixels whose ground truth is 255 are ignored. Across datasets, both the prediction (in
-the training dataset's classes) and the ground truth are mapped into the shared label space of
-``encseg.data.taxonomy`` and only the shared classes are scored; the class list goes into the eval file.
+mmsegmentation does); pixels whose ground truth is 255 are ignored.
+
+Across datasets, both the prediction (the training dataset's train ids) and the ground truth (the evaluated
+dataset's train ids) are mapped into the shared label space of ``encseg.data.taxonomy``. Ground-truth pixels of
+a class outside the shared space are ignored. A pixel of a shared class that the model gives to one of its
+*training* classes outside the shared space is an error, not ignored (as in mmseg / MSeg, whose histograms drop
+such predictions but keep the ground-truth pixel): those predictions go to one extra confusion column,
+``NOT_SHARED``, that is listed last in ``classes`` but is never scored itself. The metrics, ``per_image_miou``
+and ``cross.shared_classes`` cover the shared classes only.
 """
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,8 +24,11 @@ import torch
 import torch.nn.functional as F
 
 from encseg.config import DataConfig, DatasetConfig, EvalConfig, read_yaml, validate
-from encseg.engine.metrics import ConfusionMatrix, metrics_from_confusion, per_image_miou
+from encseg.engine.metrics import ConfusionMatrix, confusion_from_labels, metrics_from_confusion
 from encseg.engine.rundir import RunDir, atomic_save_npy, atomic_write_json
+
+NOT_SHARED = "(not shared)"  # the confusion column of predictions outside the shared label space
+TTA_SCALES = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]  # ``--tta ms``: mmsegmentation's multi-scale ratios
 
 
 @dataclass
@@ -50,30 +60,62 @@ def predict_scores(segmenter, images: torch.Tensor, e: EvalConfig, crop_size: in
     return scores
 
 
-def _lut(lut: np.ndarray | None, device) -> torch.Tensor | None:
-    return None if lut is None else torch.as_tensor(np.asarray(lut), dtype=torch.int64, device=device)
+def _index_map(lut, n_from: int, n_to: int, outside: int | None, what: str) -> torch.Tensor:
+    """``lut[:n_from]`` as a tensor over 256 entries; 255 for a valid id becomes ``outside`` when given."""
+    table = np.asarray(lut, dtype=np.int64)
+    if table.ndim != 1 or len(table) < n_from:
+        raise ValueError(f"{what} lookup table has shape {table.shape}, needs at least {n_from} entries")
+    out = np.full(256, 255, dtype=np.int64)
+    out[:n_from] = table[:n_from]
+    bad = [int(v) for v in np.unique(out[:n_from]) if not (0 <= v < n_to or v == 255)]
+    if bad:
+        raise ValueError(f"{what} lookup table maps to {bad[:10]}, outside the {n_to} shared classes and 255")
+    if outside is not None:
+        out[:n_from][out[:n_from] == 255] = outside
+    return torch.as_tensor(out)
 
 
-def _apply(lut: torch.Tensor | None, labels: torch.Tensor) -> torch.Tensor:
-    if lut is None:
-        return labels
-    out = torch.full_like(labels, 255)
-    valid = labels != 255
-    out[valid] = lut[labels[valid]]
-    return out
+def _scored_metrics(cm: np.ndarray, names: list[str], n_scored: int) -> dict:
+    """Metrics over the first ``n_scored`` classes of ``cm``; a trailing NOT_SHARED column only adds errors.
+
+    Its row is empty (no ground truth is ever outside the shared space), so its predictions count as false
+    negatives of their ground-truth class; aAcc, mAcc and fwIoU are unaffected by leaving it out of the means.
+    """
+    m = metrics_from_confusion(cm, names)
+    if n_scored == len(names):
+        return m
+    for key in ("per_class_iou", "per_class_acc"):
+        m[key] = {k: v for k, v in list(m[key].items())[:n_scored]}
+    ious = [v for v in m["per_class_iou"].values() if v is not None]
+    m["miou"] = float(np.mean(ious)) if ious else math.nan
+    m["num_classes"], m["valid_classes"] = n_scored, len(ious)
+    return m
+
+
+def _per_image_miou(pred: torch.Tensor, target: torch.Tensor, n: int, n_scored: int) -> list[float]:
+    cms = confusion_from_labels(pred, target, n, per_image=True).double()
+    tp = torch.diagonal(cms, dim1=1, dim2=2)[:, :n_scored]
+    union = cms.sum(dim=2)[:, :n_scored] + cms.sum(dim=1)[:, :n_scored] - tp
+    iou = torch.where(union > 0, tp / union.clamp_min(1), torch.nan)
+    return torch.nanmean(iou, dim=1).cpu().tolist()
 
 
 @torch.no_grad()
 def evaluate(segmenter, loader, e: EvalConfig, crop_size: int, class_names: list[str], *, dataset: str,
              split: str, device: torch.device | str = "cpu", lut_pred=None, lut_gt=None,
              progress: bool = False) -> EvalResult:
-    """Accumulate one dataset-level confusion matrix (and per-image mIoU) over ``loader``."""
+    """Accumulate one dataset-level confusion matrix (and per-image mIoU) over ``loader``.
+
+    ``loader`` yields ``{"image": (B,3,H,W) normalised, "target": (B,H,W) train ids at the original size,
+    "path": [...]}``. ``class_names`` are the scored classes: the training classes, or the shared classes when
+    ``lut_pred`` (training train id -> shared id) and ``lut_gt`` (evaluated train id -> shared id) are given
+    (255 = not shared). A training class outside the shared space adds the ``NOT_SHARED`` column.
+    """
     device = torch.device(device)
     segmenter.eval().to(device)
-    n = len(class_names)
-    # a single-process pass (after DDP training, only rank 0 evaluates): never wait for other ranks
-    cm = ConfusionMatrix(n, sync_on_compute=False).to(device)
-    lp, lg = _lut(lut_pred, device), _lut(lut_gt, device)
+    n_scored = len(class_names)
+    lg = None if lut_gt is None else _index_map(lut_gt, 255, n_scored, None, "ground-truth").to(device)
+    lp, cm, n = None, None, n_scored
     per_image, files = [], []
     it = loader
     if progress:
@@ -82,21 +124,42 @@ def evaluate(segmenter, loader, e: EvalConfig, crop_size: int, class_names: list
     for batch in it:
         images = batch["image"].to(device)
         target = batch["target"].to(device)
-        pred = predict_scores(segmenter, images, e, crop_size, out_size=tuple(target.shape[-2:])).argmax(1)
-        pred, target = _apply(lp, pred), _apply(lg, target)
+        scores = predict_scores(segmenter, images, e, crop_size, out_size=tuple(target.shape[-2:]))
+        if cm is None:
+            n_train = scores.shape[1]
+            if lut_pred is not None:
+                outside = bool((np.asarray(lut_pred)[:n_train] == 255).any())
+                n = n_scored + int(outside)
+                lp = _index_map(lut_pred, n_train, n_scored, n_scored if outside else None, "prediction").to(device)
+            elif n_train != n_scored:
+                raise ValueError(f"the model scores {n_train} classes but {n_scored} class names were given "
+                                 f"for {dataset}; pass lookup tables to score across label spaces")
+            # a single-process pass (after DDP training, only rank 0 evaluates): never wait for other ranks
+            cm = ConfusionMatrix(n, sync_on_compute=False).to(device)
+        pred = scores.argmax(1)
+        if lp is not None:
+            pred = lp[pred]
+        if lg is not None:
+            target = lg[target]
         cm.update(pred, target)
-        for p, t in zip(pred, target):
-            per_image.append(per_image_miou(p, t, n))
+        per_image.extend(_per_image_miou(pred, target, n, n_scored))
         files.extend(batch.get("path", []))
+    if cm is None:
+        raise ValueError(f"no images to evaluate in {dataset} ({split})")
     confusion = cm.compute().cpu().numpy()
-    return EvalResult(dataset=dataset, split=split, classes=list(class_names), confusion=confusion,
-                      metrics=metrics_from_confusion(confusion, class_names), per_image_miou=per_image,
+    names = list(class_names) + [NOT_SHARED] * (n - n_scored)
+    return EvalResult(dataset=dataset, split=split, classes=names, confusion=confusion,
+                      metrics=_scored_metrics(confusion, names, n_scored), per_image_miou=per_image,
                       files=files)
 
 
-def write_eval(rundir: RunDir, result: EvalResult, proto: dict) -> Path:
-    atomic_save_npy(rundir.confusion_npy(result.dataset), result.confusion)
-    path = rundir.eval_json(result.dataset)
+def write_eval(rundir: RunDir, result: EvalResult, proto: dict, path: Path | None = None) -> Path:
+    """``eval/<dataset>.json`` + ``eval/<dataset>_confusion.npy``, or ``path`` and its ``_confusion.npy``."""
+    if path is None:
+        path, npy = rundir.eval_json(result.dataset), rundir.confusion_npy(result.dataset)
+    else:
+        npy = path.with_name(f"{path.stem}_confusion.npy")
+    atomic_save_npy(npy, result.confusion)
     atomic_write_json(path, {
         "dataset": result.dataset, "split": result.split, "num_images": len(result.per_image_miou),
         "classes": result.classes, "protocol": proto, "metrics": result.metrics,
@@ -105,22 +168,98 @@ def write_eval(rundir: RunDir, result: EvalResult, proto: dict) -> Path:
     return path
 
 
-def cross_dataset_luts(train_ds: DatasetConfig, eval_ds: DatasetConfig, train_classes, eval_classes):
-    """LUTs into the shared label space, or (None, None, train classes) for the same label space."""
-    same = (train_ds.taxonomy or train_ds.format) == (eval_ds.taxonomy or eval_ds.format) and \
-        list(train_classes) == list(eval_classes)
-    if same:
-        return None, None, list(train_classes), None
-    from encseg.data.taxonomy import shared_space
-    lut_t, lut_e, names = shared_space(train_ds.taxonomy or train_ds.format, eval_ds.taxonomy or eval_ds.format,
-                                       train_classes=list(train_classes), eval_classes=list(eval_classes))
+# ------------------------------------------------------------------------------------------ label spaces
+def dataset_taxonomy(ds: DatasetConfig) -> str | None:
+    """The taxonomy a dataset maps into: its config's ``taxonomy``, else (folder format) the ``taxonomy`` of
+    its ``dataset.yaml`` (synthetic datasets write ``synthetic``), else ``common`` for the real formats."""
+    from encseg.data.taxonomy import FORMAT_CLASSES, FORMAT_TAXONOMY
+
+    if ds.taxonomy:
+        return ds.taxonomy
+    if ds.format == "folder":
+        from encseg.data.formats.folder import read_descriptor
+        try:
+            return read_descriptor(ds.root).get("taxonomy")
+        except FileNotFoundError:
+            return "synthetic" if ds.synthetic is not None else None
+    return FORMAT_TAXONOMY if ds.format in FORMAT_CLASSES else None
+
+
+def _space_name(fmt: str, taxonomy: str | None) -> str | None:
+    """The name ``shared_space`` knows a dataset by: a real format in the common taxonomy goes by its format
+    (its class list is fixed); any other dataset by its taxonomy file."""
+    from encseg.data.taxonomy import FORMAT_CLASSES, FORMAT_TAXONOMY
+
+    if fmt in FORMAT_CLASSES and taxonomy in (None, FORMAT_TAXONOMY):
+        return fmt
+    return taxonomy
+
+
+def cross_dataset_luts(train_ds: DatasetConfig, eval_ds: DatasetConfig, train_classes, eval_classes,
+                       train_taxonomy: str | None = None):
+    """``(lut_pred, lut_gt, scored class names, cross record)`` for scoring a model of ``train_ds`` on ``eval_ds``.
+
+    Identical class lists need no tables (``None, None``). ``cross`` is None only for the training dataset
+    itself. ``train_taxonomy`` stands in for the training dataset's taxonomy when its files are not here
+    (``model.json`` records it).
+    """
+    same_dataset = train_ds.display_name == eval_ds.display_name and list(train_classes) == list(eval_classes)
+    if list(train_classes) == list(eval_classes):
+        cross = None if same_dataset else {"train_dataset": train_ds.display_name,
+                                           "shared_classes": list(train_classes)}
+        return None, None, list(train_classes), cross
+    from encseg.data.taxonomy import TaxonomyError, shared_space
+
+    tax_t = train_ds.taxonomy or train_taxonomy or dataset_taxonomy(train_ds)
+    tax_e = dataset_taxonomy(eval_ds)
+    name_t, name_e = _space_name(train_ds.format, tax_t), _space_name(eval_ds.format, tax_e)
+    missing = [d.display_name for d, n in ((train_ds, name_t), (eval_ds, name_e)) if n is None]
+    if missing:
+        raise TaxonomyError(f"datasets {train_ds.display_name} and {eval_ds.display_name} have different classes "
+                            f"and {', '.join(missing)} names no taxonomy: set `taxonomy:` in its dataset config "
+                            f"(e.g. synthetic) to score in a shared label space")
+    lut_t, lut_e, names = shared_space(name_t, name_e, train_classes=list(train_classes),
+                                       eval_classes=list(eval_classes))
     cross = {"train_dataset": train_ds.display_name, "shared_classes": list(names)}
     return np.asarray(lut_t), np.asarray(lut_e), list(names), cross
 
 
+# -------------------------------------------------------------------------------------------------- CLI
+def cli_eval_config(base: EvalConfig, mode: str | None, tta: str) -> EvalConfig:
+    """The run's eval settings with ``--mode`` and ``--tta flip,ms`` applied (validated)."""
+    parts = [p.strip() for p in tta.split(",") if p.strip()]
+    unknown = sorted(set(parts) - {"flip", "ms"})
+    if unknown:
+        raise ValueError(f"--tta: unknown value(s) {unknown}; use a comma list of: flip, ms")
+    update: dict = {}
+    if mode:
+        update["mode"] = mode
+    if "flip" in parts:
+        update["flip"] = True
+    if "ms" in parts:
+        update["scales"] = list(TTA_SCALES)
+    return validate(EvalConfig, {**base.model_dump(), **update}, "eval (from the command line)")
+
+
+def _eval_path(rd: RunDir, dataset: str, split: str, default_split: str, e: EvalConfig, run_e: EvalConfig,
+               data: DataConfig) -> Path | None:
+    """None (the standard ``eval/<dataset>.json``) when the protocol and split are the run's own; otherwise
+    ``eval/extra/<dataset>__<split>__<mode>[_flip][_ms].json``, so that a study never mixes protocols."""
+    if split == default_split and protocol(e, data) == protocol(run_e, data):
+        return None
+    tag = e.mode + ("_flip" if e.flip else "") + ("" if list(e.scales) == [1.0] else "_ms")
+    rd.eval_json(dataset)  # validates the name
+    return rd.eval_dir / "extra" / f"{dataset}__{split}__{tag}.json"
+
+
 def evaluate_cli(run_dir: str, dataset_yaml: str, mode: str | None = None, tta: str = "",
                  split: str | None = None) -> int:
-    """``encseg eval RUN_DIR --dataset CONFIG``: score a finished run on any dataset."""
+    """``encseg eval RUN_DIR --dataset CONFIG``: score a finished run on any dataset.
+
+    With the run's own protocol and the dataset's val split the result is ``eval/<dataset>.json`` (what a study
+    aggregates); another mode, TTA or split goes to ``eval/extra/`` (see ``_eval_path``).
+    """
+    from encseg.data.formats import resolve_split
     from encseg.engine.loaders import eval_dataset, eval_loader
     from encseg.models.segmenter import load_segmenter
 
@@ -129,27 +268,23 @@ def evaluate_cli(run_dir: str, dataset_yaml: str, mode: str | None = None, tta: 
         raise FileNotFoundError(f"{rd.path}: no model.safetensors (is the run finished?)")
     cfg = rd.read_config()
     ds_cfg = validate(DatasetConfig, read_yaml(dataset_yaml), dataset_yaml)
-    e = cfg.eval.model_copy()
-    if mode:
-        e.mode = mode
-    parts = {p.strip() for p in tta.split(",") if p.strip()}
-    unknown = parts - {"flip", "ms"}
-    if unknown:
-        raise ValueError(f"--tta: unknown {sorted(unknown)}; use a comma list of flip, ms")
-    if "flip" in parts:
-        e.flip = True
-    if "ms" in parts:
-        e.scales = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
+    e = cli_eval_config(cfg.eval, mode, tta)
     seg, meta = load_segmenter(rd.path)
     classes = meta.get("classes") or [str(i) for i in range(seg.num_classes)]
     ds = eval_dataset(ds_cfg, cfg.data, seg.encoder.mean, seg.encoder.std, split)
-    lut_p, lut_g, names, cross = cross_dataset_luts(cfg.data.dataset, ds_cfg, classes, ds.dataset.classes)
+    lut_p, lut_g, names, cross = cross_dataset_luts(cfg.data.dataset, ds_cfg, classes, ds.dataset.classes,
+                                                    train_taxonomy=meta.get("taxonomy"))
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    used_split = resolve_split(ds_cfg, split or "val")
     res = evaluate(seg, eval_loader(ds, e.batch_size, cfg.data.num_workers), e, cfg.data.crop_size, names,
-                   dataset=ds_cfg.display_name, split=split or ds_cfg.val_split, device=device,
+                   dataset=ds_cfg.display_name, split=used_split, device=device,
                    lut_pred=lut_p, lut_gt=lut_g, progress=sys.stderr.isatty())
     res.cross = cross
-    path = write_eval(rd, res, protocol(e, cfg.data))
+    out = _eval_path(rd, ds_cfg.display_name, used_split, ds_cfg.val_split, e, cfg.eval, cfg.data)
+    path = write_eval(rd, res, protocol(e, cfg.data), out)
+    if out is None:
+        from encseg.engine.runplots import plot_confusion
+        plot_confusion(res.confusion, res.classes, rd.plots_dir / f"confusion_{ds_cfg.display_name}.png")
     m = res.metrics
     print(f"{ds_cfg.display_name}: mIoU {m['miou']:.4f}  mAcc {m['macc']:.4f}  aAcc {m['aacc']:.4f}  "
           f"({len(res.per_image_miou)} images, {len(names)} classes) -> {path}")

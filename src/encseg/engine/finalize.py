@@ -16,7 +16,7 @@ import torch
 from encseg.config import RunConfig
 from encseg.engine.dynamics import convergence
 from encseg.engine.efficiency import count_flops, count_params, measure_latency
-from encseg.engine.evaluate import cross_dataset_luts, evaluate, protocol, write_eval
+from encseg.engine.evaluate import cross_dataset_luts, dataset_taxonomy, evaluate, protocol, write_eval
 from encseg.engine.loaders import eval_dataset, eval_loader
 from encseg.engine.rundir import RunDir, atomic_write_json
 from encseg.engine.runplots import plot_confusion, plot_losses, plot_val_curve
@@ -44,7 +44,7 @@ def finalize_run(cfg: RunConfig, rd: RunDir, trainer, module, history, classes: 
     enc = seg.encoder
     save_segmenter(seg, rd.path, extra={
         "classes": classes, "dataset": cfg.data.dataset.display_name, "format": cfg.data.dataset.format,
-        "taxonomy": cfg.data.dataset.taxonomy, "mean": list(enc.mean), "std": list(enc.std),
+        "taxonomy": dataset_taxonomy(cfg.data.dataset), "mean": list(enc.mean), "std": list(enc.std),
         "crop_size": cfg.data.crop_size, "eval_size": cfg.data.eval_size, "weights": weights,
         "encoder_load": getattr(getattr(enc, "load_report", None), "as_dict", lambda: None)(),
     })
@@ -72,7 +72,7 @@ def finalize_run(cfg: RunConfig, rd: RunDir, trainer, module, history, classes: 
                        device=device, lut_pred=lut_p, lut_gt=lut_g)
         res.cross = cross
         write_eval(rd, res, proto)
-        plot_confusion(res.confusion, names, rd.plots_dir / f"confusion_{ds_cfg.display_name}.png")
+        plot_confusion(res.confusion, res.classes, rd.plots_dir / f"confusion_{ds_cfg.display_name}.png")
 
     # cost at the evaluation crop, one image
     size = cfg.data.crop_size

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from encseg.engine.evaluate import predict_scores
+from encseg.engine.evaluate import cli_eval_config, predict_scores
 from encseg.engine.rundir import RunDir, atomic_write_bytes
 
 log = logging.getLogger("encseg")
@@ -35,14 +35,18 @@ def _palette(n: int) -> np.ndarray:
 
 def _dataset_converter(cfg):
     """The run's dataset class converts train ids back to on-disk ids; without its files, keep train ids."""
-    try:
-        from encseg.data.formats import build_dataset
-        ds = build_dataset(cfg.data.dataset, cfg.data.dataset.val_split)
-        return ds.to_dataset_ids, getattr(ds, "palette", None), "dataset ids"
-    except (FileNotFoundError, ValueError) as e:
-        log.warning("dataset %s is not readable here (%s): label PNGs hold train ids",
-                    cfg.data.dataset.display_name, e)
-        return (lambda t: t), None, "train ids"
+    from encseg.data.formats import build_dataset
+    ds_cfg = cfg.data.dataset
+    problems = []
+    for split in dict.fromkeys((ds_cfg.val_split, ds_cfg.train_split)):
+        try:
+            ds = build_dataset(ds_cfg, split)
+            return ds.to_dataset_ids, ds.palette, "dataset ids"
+        except (FileNotFoundError, ValueError) as e:
+            problems.append(str(e))
+    log.warning("dataset %s is not readable here (%s): label PNGs hold train ids", ds_cfg.display_name,
+                "; ".join(problems))
+    return (lambda t: t), None, "train ids"
 
 
 def predict_cli(run_dir: str, images: list[str], out: str, mode: str | None = None) -> int:
@@ -58,10 +62,12 @@ def predict_cli(run_dir: str, images: list[str], out: str, mode: str | None = No
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"images not found: {', '.join(missing[:20])}")
+    stems = [p.stem for p in paths]
+    clashes = sorted({str(p) for p in paths if stems.count(p.stem) > 1})
+    if clashes:
+        raise ValueError(f"images with the same file stem would overwrite each other's outputs: {clashes[:20]}")
     cfg = rd.read_config()
-    e = cfg.eval.model_copy()
-    if mode:
-        e.mode = mode
+    e = cli_eval_config(cfg.eval, mode, "")
     seg, meta = load_segmenter(rd.path)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     seg.eval().to(device)
@@ -70,7 +76,11 @@ def predict_cli(run_dir: str, images: list[str], out: str, mode: str | None = No
     palette = np.asarray(palette if palette is not None else _palette(seg.num_classes), dtype=np.uint8)
     out_dir = Path(out)
     for p in paths:
-        rgb = np.asarray(Image.open(p).convert("RGB"))
+        try:
+            with Image.open(p) as im:
+                rgb = np.array(im.convert("RGB"))
+        except OSError as err:
+            raise ValueError(f"{p}: cannot decode image: {err}") from err
         sample = transform({"image": tv_tensors.Image(torch.from_numpy(rgb).permute(2, 0, 1)),
                             "mask": tv_tensors.Mask(torch.zeros(rgb.shape[:2], dtype=torch.int64))})
         x = sample["image"].as_subclass(torch.Tensor)[None].to(device)

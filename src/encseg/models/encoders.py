@@ -307,7 +307,11 @@ def build_encoder(cfg: EncoderConfig, img_size: int) -> Encoder:
             ) from e
         report = LoadReport(format="hub", file=spec.pretrained_name)
     else:
-        vit = timm.create_model(spec.arch, pretrained=False, **kwargs)
+        try:
+            vit = timm.create_model(spec.arch, pretrained=False, **kwargs)
+        except TypeError as e:  # a misspelt model.encoder.timm_kwargs key reaches timm's constructor
+            raise ValueError(f"encoder {spec.name!r} ({spec.arch}): model.encoder.timm_kwargs "
+                             f"{sorted(cfg.timm_kwargs)} rejected by timm: {e}") from e
         if source == "none":
             report = LoadReport(format="none", file=None)
         else:

@@ -28,14 +28,15 @@ TINY_ENCODER = {"name": "random_vitb16", "timm_kwargs": {"embed_dim": 192, "dept
 def _dataset(out: Path, style: str, train: int, val: int) -> dict[str, Any]:
     return {"name": f"synth_{style}", "format": "folder", "root": str(out / "data" / f"synth_{style}"),
             "synthetic": {"style": style, "classes": CLASSES, "train": train, "val": val, "size": SIZE,
-                          "seed": {"a": 1, "b": 2}[style]}}
+                          "seed": {"a": 1, "b": 2}[style], "cue": "texture"}}
 
 
 def _base(out: Path) -> dict[str, Any]:
     """The recipe shared by the pre-training run and every study cell (tiny ViT + Mask2Former, 64 px)."""
     return {
         "data": {"dataset": _dataset(out, "a", 200, 50), "crop_size": SIZE, "base_size": SIZE,
-                 "scale_range": [0.75, 1.5], "batch_size": 16, "num_workers": 0, "eval_size": None},
+                 "scale_range": [0.75, 1.25], "photometric": False, "batch_size": 8, "num_workers": 0,
+                 "eval_size": None},
         "model": {
             "encoder": {**TINY_ENCODER, "weights": "none"},
             "neck": {"type": "simple_fpn", "channels": 64},
@@ -45,7 +46,7 @@ def _base(out: Path) -> dict[str, Any]:
             "regime": {"mode": "finetune", "lr_mult": 1.0},
         },
         "train": {"lr": 1e-3, "weight_decay": 0.05, "max_iters": 300, "warmup_iters": 20, "grad_clip": 1.0,
-                  "val_every": 100, "log_every": 25},
+                  "val_every": 50, "log_every": 25},
         "eval": {"latency_iters": 5},
         "logging": {"progress_bar": "off"},
     }
@@ -63,7 +64,7 @@ def pretrain_encoder(out: Path) -> Path:
         return weights
     base = _base(out)
     base["data"]["dataset"] = _dataset(out, "b", 400, 50)
-    base["train"].update({"max_iters": 600, "val_every": 200})
+    base["train"].update({"max_iters": 1000, "val_every": 250})
     base["name"] = "pretrain_synth_b"
     run = train(load_run_config(data=base), out / "pretrain", argv=["encseg", "demo"])
     seg, _ = load_segmenter(run)
