@@ -147,6 +147,9 @@ def _train(cfg: RunConfig, rd: RunDir, argv: list[str], rank0: bool) -> None:
     if cfg.data.check:
         for split in (cfg.data.dataset.train_split, cfg.data.dataset.val_split):
             check_dataset(cfg.data.dataset, split=split, fast=True).raise_if_errors()
+        # cross-dataset evaluations run after training: a missing folder must fail now, not hours later
+        for ds in cfg.eval.datasets:
+            check_dataset(ds, split=ds.val_split, fast=True).raise_if_errors()
 
     from encseg.data.formats import build_dataset
     probe = build_dataset(cfg.data.dataset, cfg.data.dataset.train_split)
