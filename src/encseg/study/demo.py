@@ -98,6 +98,28 @@ def demo_study(out: Path, weights: Path) -> StudyConfig:
     return validate(StudyConfig, study, "demo study")
 
 
+def story_checks(results, dataset: str = "synth_a", control: str = "pretrained_b",
+                 baseline: str = "random") -> list[tuple[bool, str]]:
+    """The claims the demo must support, checked on its own results table (in-domain rows):
+    the positive control (every regime) beats the baseline at the smallest fraction by more than the larger
+    seed-to-seed std of the two, and for every encoder/regime the mean at the largest fraction is at least the
+    mean at the smallest."""
+    rows = results[(results["train_dataset"] == dataset) & (results["eval_dataset"] == dataset)]
+    stats = rows.groupby(["encoder", "regime", "fraction"])["miou"].agg(["mean", "std"])
+    lo, hi = rows["fraction"].min(), rows["fraction"].max()
+    checks = []
+    base = stats.loc[(baseline, "finetune", lo)]
+    for regime in sorted(rows.loc[rows["encoder"] == control, "regime"].unique()):
+        ctl = stats.loc[(control, regime, lo)]
+        gain, spread = ctl["mean"] - base["mean"], max(ctl["std"], base["std"])
+        checks.append((bool(gain > spread), f"{control} ({regime}) vs {baseline} at {lo:.0%}: gain "
+                       f"{100 * gain:+.1f} mIoU points, seed std up to {100 * spread:.1f}"))
+    for (enc, regime), _ in rows.groupby(["encoder", "regime"]):
+        a, b = stats.loc[(enc, regime, lo), "mean"], stats.loc[(enc, regime, hi), "mean"]
+        checks.append((bool(b >= a), f"{enc} ({regime}): mIoU {100 * a:.1f} at {lo:.0%} -> {100 * b:.1f} at {hi:.0%}"))
+    return checks
+
+
 def run_demo(out: str | Path = "outputs/demo", jobs: int = 2) -> int:
     from encseg.study.launch import run_study
     from encseg.study.report import write_report
@@ -109,6 +131,10 @@ def run_demo(out: str | Path = "outputs/demo", jobs: int = 2) -> int:
     print(f"[demo] study on style A ({time.time() - t0:.0f} s so far)", file=sys.stderr)
     result = run_study(demo_study(out, weights), launcher="local", jobs=jobs)
     report = write_report(out)
+    import pandas as pd
+    checks = story_checks(pd.read_csv(out / "results.csv"))
+    for ok, line in checks:
+        print(f"[demo] {'PASS' if ok else 'FAIL'}  {line}", file=sys.stderr)
     print(f"[demo] finished in {time.time() - t0:.0f} s", file=sys.stderr)
     print(report)
-    return 1 if result.get("failed") else 0
+    return 1 if result.get("failed") or not all(ok for ok, _ in checks) else 0
