@@ -14,13 +14,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from _tiny import tiny_config
 
 from encseg.config import ConfigError, load_run_config
 from encseg.data.synthetic import write_synthetic
 from encseg.engine.rundir import RunDir
 from encseg.engine.train import train
-
-from _tiny import tiny_config
 
 
 @pytest.fixture(scope="module")
