@@ -18,7 +18,7 @@ from encseg.engine.dynamics import convergence
 from encseg.engine.efficiency import count_flops, count_params, measure_latency
 from encseg.engine.evaluate import cross_dataset_luts, dataset_taxonomy, evaluate, protocol, write_eval
 from encseg.engine.loaders import eval_dataset, eval_loader
-from encseg.engine.rundir import RunDir, atomic_write_json
+from encseg.engine.rundir import RunDir, atomic_write_json, read_json
 from encseg.engine.runplots import plot_confusion, plot_losses, plot_val_curve
 
 
@@ -88,15 +88,16 @@ def finalize_run(cfg: RunConfig, rd: RunDir, trainer, module, history, classes: 
         latency = measure_latency(infer, lambda: x, iters=cfg.eval.latency_iters, warmup=2, device=device) \
             if cfg.eval.latency_iters > 0 else {}
 
-    hist = pd.read_csv(rd.history_path) if rd.history_path.is_file() else pd.DataFrame()
-    dyn = convergence(hist, fraction=cfg.eval.converge_fraction, target=cfg.eval.converge_target,
-                      steps_per_epoch=history.steps_per_epoch) if len(hist) else {}
-    plot_losses(hist, rd.plots_dir / "loss.png") if len(hist) else None
-    plot_val_curve(hist, rd.plots_dir / "val_miou.png") if len(hist) else None
+    dyn: dict = {}
+    if rd.history_path.is_file():
+        hist = pd.read_csv(rd.history_path)
+        dyn = convergence(hist, fraction=cfg.eval.converge_fraction, target=cfg.eval.converge_target,
+                          steps_per_epoch=history.steps_per_epoch)
+        plot_losses(hist, rd.plots_dir / "loss.png")
+        plot_val_curve(hist, rd.plots_dir / "val_miou.png")
 
     subset = rd.path / "subset.json"
-    import json
-    n_images = json.loads(subset.read_text()).get("num_images") if subset.is_file() else None
+    n_images = read_json(subset).get("num_images") if subset.is_file() else None
     summary = {
         "run_id": rd.path.name, "encoder": cfg.tags.get("encoder", cfg.model.encoder.name),
         "encoder_name": cfg.model.encoder.name, "encoder_weights": cfg.model.encoder.weights,

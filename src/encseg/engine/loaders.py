@@ -9,7 +9,6 @@ model sees the resized image and its class scores are resized back to the mask's
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -136,14 +135,13 @@ def collate(samples: list[dict]) -> dict:
     return out
 
 
-def train_dataset(data: DataConfig, mean, std, seed: int):
-    """The k% subset of the train split with train transforms, plus the selected indices."""
-    full = build_dataset(data.dataset, data.dataset.train_split)
+def train_dataset(full, data: DataConfig, mean, std, seed: int):
+    """The k% subset of the train split ``full`` with seeded train transforms, and the selected indices."""
     if len(full) == 0:
         raise ValueError(f"dataset {data.dataset.display_name}: split {data.dataset.train_split!r} under "
                          f"{data.dataset.root} has no images")
     idx = subset_indices(len(full), data.fraction, data.subset_seed)
-    return SeededAugment(full.select(idx), train_transforms(data, mean, std), seed), full, idx
+    return SeededAugment(full.select(idx), train_transforms(data, mean, std), seed), idx
 
 
 def eval_dataset(ds_cfg: DatasetConfig, data: DataConfig, mean, std, split: str | None = None):
@@ -166,15 +164,3 @@ def eval_loader(ds, batch_size: int, num_workers: int, rank: int = 0, world_size
     return DataLoader(ds, batch_size=batch_size, sampler=ShardSampler(len(ds), rank, world_size),
                       num_workers=num_workers, collate_fn=collate, pin_memory=torch.cuda.is_available(),
                       generator=torch.Generator().manual_seed(0))
-
-
-def relative_paths(dataset, indices: list[int]) -> list[str]:
-    root = Path(dataset.root)
-    out = []
-    for i in indices:
-        img = Path(dataset.files[i][0])
-        try:
-            out.append(str(img.relative_to(root)))
-        except ValueError:
-            out.append(str(img))
-    return out

@@ -181,6 +181,27 @@ def run_id(cfg: RunConfig) -> str:
     return "__".join(_safe(p) for p in parts)
 
 
+def resolve_runs_root(cfg: RunConfig, runs_root: str | Path) -> RunConfig:
+    """Substitute ``{runs_root}`` in dataset roots (the smoke/demo configs keep their data under it)."""
+    data = cfg.model_dump(mode="json")
+    for ds in [data["data"]["dataset"], *data["eval"]["datasets"]]:
+        ds["root"] = str(ds["root"]).replace("{runs_root}", str(runs_root))
+    return RunConfig.model_validate(data)
+
+
+def config_diff(old: RunConfig, new: RunConfig) -> list[str]:
+    """Dotted keys whose values differ between two configs, sorted."""
+    return sorted(_diff(old.model_dump(mode="json"), new.model_dump(mode="json")))
+
+
+def _diff(a: Any, b: Any, prefix: str = ""):
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in set(a) | set(b):
+            yield from _diff(a.get(k), b.get(k), f"{prefix}{k}.")
+    elif a != b:
+        yield prefix.rstrip(".")
+
+
 # ------------------------------------------------------------------------------------------ RunDir
 class RunDir:
     """Paths and markers of one run directory. Nothing is created until something is written."""

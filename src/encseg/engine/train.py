@@ -21,9 +21,18 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from encseg.config import ConfigError, RunConfig, dump_config, load_run_config
 from encseg.engine.callbacks import AtomicCheckpointIO, History, PlainProgress
-from encseg.engine.loaders import eval_dataset, eval_loader, relative_paths, train_dataset, train_loader
+from encseg.engine.loaders import eval_dataset, eval_loader, train_dataset, train_loader
 from encseg.engine.module import SegmentationModule
-from encseg.engine.rundir import RunDir, atomic_write_json, atomic_write_text, finish_env, run_id, write_env
+from encseg.engine.rundir import (
+    RunDir,
+    atomic_write_json,
+    atomic_write_text,
+    config_diff,
+    finish_env,
+    resolve_runs_root,
+    run_id,
+    write_env,
+)
 
 log = logging.getLogger("encseg")
 
@@ -34,19 +43,6 @@ class _DropAdverts(logging.Filter):
 
 
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdverts())
-
-
-def resolve_paths(cfg: RunConfig, runs_root: Path) -> RunConfig:
-    """Substitute ``{runs_root}`` in dataset roots (the smoke/demo configs keep their data under it)."""
-    data = cfg.model_dump(mode="json")
-
-    def sub(ds: dict) -> None:
-        ds["root"] = str(ds["root"]).replace("{runs_root}", str(runs_root))
-
-    sub(data["data"]["dataset"])
-    for ds in data["eval"]["datasets"]:
-        sub(ds)
-    return RunConfig.model_validate(data)
 
 
 def is_rank_zero() -> bool:
@@ -61,20 +57,10 @@ def is_rank_zero() -> bool:
 def _check_same_config(rd: RunDir, cfg: RunConfig) -> None:
     if not rd.config_path.is_file():
         return
-    old = rd.read_config().model_dump(mode="json")
-    new = cfg.model_dump(mode="json")
-    diffs = sorted(_diff(old, new))
+    diffs = config_diff(rd.read_config(), cfg)
     if diffs:
         raise ConfigError(f"{rd.path} already holds a run with a different config ({', '.join(diffs[:10])}); "
                           f"use another runs root or `name`, or delete the directory to start over")
-
-
-def _diff(a, b, prefix=""):
-    if isinstance(a, dict) and isinstance(b, dict):
-        for k in set(a) | set(b):
-            yield from _diff(a.get(k), b.get(k), f"{prefix}{k}.")
-    elif a != b:
-        yield prefix.rstrip(".")
 
 
 def precision_for(cfg: RunConfig, accelerator: str) -> str:
@@ -112,7 +98,7 @@ class _Data(L.LightningDataModule):
 
 def train(cfg: RunConfig, runs_root: str | Path, argv: list[str] | None = None) -> Path:
     runs_root = Path(runs_root)
-    cfg = resolve_paths(cfg, runs_root)
+    cfg = resolve_runs_root(cfg, runs_root)
     rd = RunDir(runs_root / run_id(cfg))
     if rd.is_done():
         log.info("%s is done; skipping", rd.path)
@@ -152,17 +138,17 @@ def _train(cfg: RunConfig, rd: RunDir, argv: list[str], rank0: bool) -> None:
             check_dataset(ds, split=ds.val_split, fast=True).raise_if_errors()
 
     from encseg.data.formats import build_dataset
-    probe = build_dataset(cfg.data.dataset, cfg.data.dataset.train_split)
-    classes = list(probe.classes)
+    full = build_dataset(cfg.data.dataset, cfg.data.dataset.train_split)
+    classes = list(full.classes)
     img_size = cfg.model.encoder.img_size or cfg.data.crop_size
     seg = build_segmenter(cfg.model, num_classes=len(classes), img_size=img_size)
     apply_regime(seg, cfg.model.regime)
     mean, std = seg.encoder.mean, seg.encoder.std
 
-    train_ds, full, idx = train_dataset(cfg.data, mean, std, cfg.seed)
+    train_ds, idx = train_dataset(full, cfg.data, mean, std, cfg.seed)
     val_ds = eval_dataset(cfg.data.dataset, cfg.data, mean, std)
     if rank0:
-        atomic_write_text(rd.subset_path, "\n".join(relative_paths(full, idx)) + "\n")
+        atomic_write_text(rd.subset_path, "\n".join(full.relative_path(i) for i in idx) + "\n")
         from encseg.data.subsets import class_coverage
         atomic_write_json(rd.path / "subset.json", {
             "fraction": cfg.data.fraction, "subset_seed": cfg.data.subset_seed, "num_images": len(idx),

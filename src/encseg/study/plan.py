@@ -28,7 +28,7 @@ from encseg.config import (
     read_yaml,
     validate,
 )
-from encseg.engine.rundir import RunDir, run_id
+from encseg.engine.rundir import RunDir, config_diff, resolve_runs_root, run_id
 
 # Assumed, not measured: ViT-B + Mask2Former, 512 crop, batch 16, bf16 on one A100. Measure a few hundred
 # steps on your hardware and put the figure in the study's `cost: {sec_per_iter, device}`.
@@ -233,20 +233,9 @@ def config_drift(cfg: RunConfig, runs: Path) -> list[str]:
     rd = RunDir(runs / run_id(cfg))
     if not rd.config_path.is_file():
         return []
-    old = rd.read_config().model_dump(mode="json")
-    new = cfg.model_dump(mode="json")
-    # train() substitutes {runs_root} in dataset roots before writing config.yaml (engine.train.resolve_paths)
-    for ds in [new["data"]["dataset"], *new["eval"]["datasets"]]:
-        ds["root"] = str(ds["root"]).replace("{runs_root}", str(runs))
-    return [k for k in sorted(_diff(old, new)) if not any(k == o or k.startswith(o + ".") for o in _OPERATIONAL_KEYS)]
-
-
-def _diff(a: Any, b: Any, prefix: str = ""):
-    if isinstance(a, dict) and isinstance(b, dict):
-        for k in set(a) | set(b):
-            yield from _diff(a.get(k), b.get(k), f"{prefix}{k}.")
-    elif a != b:
-        yield prefix.rstrip(".")
+    # train() substitutes {runs_root} in dataset roots before writing config.yaml
+    diffs = config_diff(rd.read_config(), resolve_runs_root(cfg, runs))
+    return [k for k in diffs if not any(k == o or k.startswith(o + ".") for o in _OPERATIONAL_KEYS)]
 
 
 # ----------------------------------------------------------------------------------------------- cost
