@@ -15,7 +15,8 @@ from PIL import Image
 from encseg.cli import main
 from encseg.config import DatasetConfig, EvalConfig, load_run_config
 from encseg.data.synthetic import class_names, write_synthetic
-from encseg.engine.evaluate import NOT_SHARED, cross_dataset_luts, evaluate
+from encseg.data.taxonomy import cross_dataset_luts
+from encseg.engine.evaluate import NOT_SHARED, evaluate
 from encseg.engine.rundir import RunDir
 from encseg.engine.train import train
 

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
+from encseg.atomic import atomic_save_npy, atomic_write_json, atomic_write_text
 from encseg.config import RunConfig, load_run_config
-from encseg.engine.rundir import RunDir, atomic_save_npy, atomic_write_json, atomic_write_text
+from encseg.engine.rundir import RunDir
 
 CLASSES = ["background", "square", "circle", "triangle"]
 

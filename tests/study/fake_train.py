@@ -14,7 +14,8 @@ import os
 import time
 from pathlib import Path
 
-from encseg.engine.rundir import RunDir, atomic_write_json, atomic_write_text, run_id
+from encseg.atomic import atomic_write_json, atomic_write_text
+from encseg.engine.rundir import RunDir, run_id
 
 
 def _log(line: str) -> None:

@@ -23,10 +23,12 @@ from typing import Any
 import numpy as np
 import yaml
 
+from encseg.config import DatasetConfig
 from encseg.data.formats.ade20k import ADE20K_CLASSES
 from encseg.data.formats.base import IGNORE_INDEX, DatasetError
 from encseg.data.formats.cityscapes import CITYSCAPES_CLASSES
 from encseg.data.formats.coco_stuff import COCO_STUFF_CLASSES
+from encseg.data.formats.folder import read_descriptor
 from encseg.data.formats.voc import VOC_CLASSES
 
 FORMAT_CLASSES: dict[str, tuple[str, ...]] = {
@@ -122,3 +124,52 @@ def shared_space(train_name: str, eval_name: str, train_classes: Sequence[str] |
     if not names:
         raise TaxonomyError(f"{train_name!r} and {eval_name!r} share no class in taxonomy {tax_a}")
     return _lut(map_a), _lut(map_b), names
+
+
+# ------------------------------------------------------------------------------------ dataset configs
+def dataset_taxonomy(ds: DatasetConfig) -> str | None:
+    """The taxonomy a dataset maps into: its config's ``taxonomy``, else (folder format) the ``taxonomy`` of
+    its ``dataset.yaml`` (synthetic datasets write ``synthetic``), else ``common`` for the real formats."""
+    if ds.taxonomy:
+        return ds.taxonomy
+    if ds.format == "folder":
+        try:
+            return read_descriptor(ds.root).get("taxonomy")
+        except FileNotFoundError:
+            return "synthetic" if ds.synthetic is not None else None
+    return FORMAT_TAXONOMY if ds.format in FORMAT_CLASSES else None
+
+
+def _space_name(fmt: str, taxonomy: str | None) -> str | None:
+    """The name ``shared_space`` knows a dataset by: a real format in the common taxonomy goes by its format
+    (its class list is fixed); any other dataset by its taxonomy file."""
+    if fmt in FORMAT_CLASSES and taxonomy in (None, FORMAT_TAXONOMY):
+        return fmt
+    return taxonomy
+
+
+def cross_dataset_luts(train_ds: DatasetConfig, eval_ds: DatasetConfig, train_classes, eval_classes,
+                       train_taxonomy: str | None = None):
+    """``(lut_pred, lut_gt, scored class names, cross record)`` for scoring a model of ``train_ds`` on ``eval_ds``.
+
+    Identical class lists need no tables (``None, None``). ``cross`` is None only for the training dataset
+    itself. ``train_taxonomy`` stands in for the training dataset's taxonomy when its files are not here
+    (``model.json`` records it).
+    """
+    same_dataset = train_ds.display_name == eval_ds.display_name and list(train_classes) == list(eval_classes)
+    if list(train_classes) == list(eval_classes):
+        cross = None if same_dataset else {"train_dataset": train_ds.display_name,
+                                           "shared_classes": list(train_classes)}
+        return None, None, list(train_classes), cross
+    tax_t = train_ds.taxonomy or train_taxonomy or dataset_taxonomy(train_ds)
+    tax_e = dataset_taxonomy(eval_ds)
+    name_t, name_e = _space_name(train_ds.format, tax_t), _space_name(eval_ds.format, tax_e)
+    missing = [d.display_name for d, n in ((train_ds, name_t), (eval_ds, name_e)) if n is None]
+    if missing:
+        raise TaxonomyError(f"datasets {train_ds.display_name} and {eval_ds.display_name} have different classes "
+                            f"and {', '.join(missing)} names no taxonomy: set `taxonomy:` in its dataset config "
+                            f"(e.g. synthetic) to score in a shared label space")
+    lut_t, lut_e, names = shared_space(name_t, name_e, train_classes=list(train_classes),
+                                       eval_classes=list(eval_classes))
+    cross = {"train_dataset": train_ds.display_name, "shared_classes": list(names)}
+    return np.asarray(lut_t), np.asarray(lut_e), list(names), cross

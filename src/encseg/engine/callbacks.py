@@ -1,11 +1,11 @@
-"""Lightning callbacks and plugins of a run: history.csv, plain-text progress, atomic checkpoints."""
+"""Lightning callbacks and plugins of a run: history.csv, the last validation's confusion matrix, plain-text
+progress, atomic checkpoints."""
 
 from __future__ import annotations
 
 import csv
 import io
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -15,7 +15,8 @@ import lightning as L
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from encseg.engine.rundir import atomic_write_text
+from encseg.atomic import atomic_save_npy, atomic_write, atomic_write_text
+from encseg.engine.module import ValidationResult
 
 VAL_COLUMNS = ["val_miou", "val_macc", "val_aacc", "val_fwiou", "val_loss"]
 
@@ -28,8 +29,9 @@ class History(L.Callback):
     ``time_s`` is training wall time summed over all attempts of the run.
     """
 
-    def __init__(self, path: Path, log_every: int, steps_per_epoch: int):
+    def __init__(self, path: Path, log_every: int, steps_per_epoch: int, validation: ValidationResult):
         self.path = Path(path)
+        self.validation = validation
         self.log_every = log_every
         self.steps_per_epoch = max(1, steps_per_epoch)
         self.rows: list[dict[str, Any]] = []
@@ -77,7 +79,7 @@ class History(L.Callback):
         self._last_logged = step
         row: dict[str, Any] = {"step": step, "epoch": round(self._epoch(step), 4), "time_s": round(self.elapsed(), 3),
                                "lr": trainer.optimizers[0].param_groups[0]["lr"]}
-        for k, v in pl_module.last_train_terms.items():
+        for k, v in outputs["terms"].items():
             row[k if k == "loss" else (k if k.startswith("loss_") else f"loss_{k}")] = v
         self.rows.append(row)
         if trainer.is_global_zero and (step % (self.log_every * 10) == 0):
@@ -91,7 +93,7 @@ class History(L.Callback):
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking:
             return
-        self.add_validation(trainer.global_step, pl_module.last_val_metrics)
+        self.add_validation(trainer.global_step, self.validation.metrics)
         if trainer.is_global_zero:
             self.write()
 
@@ -114,11 +116,23 @@ class History(L.Callback):
         atomic_write_text(self.path, buf.getvalue())
 
 
+class ValidationConfusion(L.Callback):
+    """Writes each validation's confusion matrix exactly as validation saw it (all ranks summed) to ``path``;
+    the DDP tests check it against a single-process evaluation."""
+
+    def __init__(self, path: Path, validation: ValidationResult):
+        self.path, self.validation = Path(path), validation
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero and not trainer.sanity_checking and self.validation.confusion is not None:
+            atomic_save_npy(self.path, self.validation.confusion)
+
+
 class PlainProgress(L.Callback):
     """One log line every ``every`` steps when no progress bar is shown (batch jobs, CI, SLURM logs)."""
 
-    def __init__(self, every: int, total_steps: int):
-        self.every, self.total = every, total_steps
+    def __init__(self, every: int, total_steps: int, validation: ValidationResult):
+        self.every, self.total, self.validation = every, total_steps, validation
         self._t0 = time.monotonic()
         self._s0 = 0
 
@@ -131,14 +145,14 @@ class PlainProgress(L.Callback):
             return
         rate = (step - self._s0) / max(1e-9, time.monotonic() - self._t0)
         eta = (self.total - step) / rate if rate > 0 else math.nan
-        loss = pl_module.last_train_terms.get("loss", math.nan)
+        loss = outputs["terms"].get("loss", math.nan)
         print(f"step {step}/{self.total}  loss {loss:.4f}  lr {trainer.optimizers[0].param_groups[0]['lr']:.3g}  "
               f"{rate:.2f} it/s  eta {eta / 60:.1f} min", file=sys.stderr, flush=True)
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
-        m = pl_module.last_val_metrics
+        m = self.validation.metrics
         print(f"val @ step {trainer.global_step}: mIoU {m.get('val_miou', math.nan):.4f}  "
               f"mAcc {m.get('val_macc', math.nan):.4f}  loss {m.get('val_loss', math.nan):.4f}",
               file=sys.stderr, flush=True)
@@ -149,14 +163,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     ``last.ckpt`` intact; loads with ``weights_only=True`` (checkpoints hold tensors and plain values only)."""
 
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        atomic_write(path, lambda f: torch.save(checkpoint, f))
 
     def load_checkpoint(self, path, map_location=None, weights_only=None):
         return torch.load(path, map_location=map_location or "cpu", weights_only=True)

@@ -23,9 +23,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from encseg.atomic import atomic_save_npy, atomic_write_json
 from encseg.config import DataConfig, DatasetConfig, EvalConfig, read_yaml, validate
-from encseg.engine.metrics import ConfusionMatrix, confusion_from_labels, metrics_from_confusion
-from encseg.engine.rundir import RunDir, atomic_save_npy, atomic_write_json
+from encseg.data.formats.base import IGNORE_INDEX
+from encseg.data.taxonomy import cross_dataset_luts
+from encseg.engine.metrics import ConfusionMatrix, metrics_from_confusion, per_image_miou
+from encseg.engine.rundir import RunDir
 
 NOT_SHARED = "(not shared)"  # the confusion column of predictions outside the shared label space
 TTA_SCALES = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]  # ``--tta ms``: mmsegmentation's multi-scale ratios
@@ -61,17 +64,18 @@ def predict_scores(segmenter, images: torch.Tensor, e: EvalConfig, crop_size: in
 
 
 def _index_map(lut, n_from: int, n_to: int, outside: int | None, what: str) -> torch.Tensor:
-    """``lut[:n_from]`` as a tensor over 256 entries; 255 for a valid id becomes ``outside`` when given."""
+    """``lut[:n_from]`` as a tensor over 256 entries; ignore for a valid id becomes ``outside`` when given."""
     table = np.asarray(lut, dtype=np.int64)
     if table.ndim != 1 or len(table) < n_from:
         raise ValueError(f"{what} lookup table has shape {table.shape}, needs at least {n_from} entries")
-    out = np.full(256, 255, dtype=np.int64)
+    out = np.full(256, IGNORE_INDEX, dtype=np.int64)
     out[:n_from] = table[:n_from]
-    bad = [int(v) for v in np.unique(out[:n_from]) if not (0 <= v < n_to or v == 255)]
+    bad = [int(v) for v in np.unique(out[:n_from]) if not (0 <= v < n_to or v == IGNORE_INDEX)]
     if bad:
-        raise ValueError(f"{what} lookup table maps to {bad[:10]}, outside the {n_to} shared classes and 255")
+        raise ValueError(f"{what} lookup table maps to {bad[:10]}, outside the {n_to} shared classes and "
+                         f"{IGNORE_INDEX}")
     if outside is not None:
-        out[:n_from][out[:n_from] == 255] = outside
+        out[:n_from][out[:n_from] == IGNORE_INDEX] = outside
     return torch.as_tensor(out)
 
 
@@ -92,14 +96,6 @@ def _scored_metrics(cm: np.ndarray, names: list[str], n_scored: int) -> dict:
     return m
 
 
-def _per_image_miou(pred: torch.Tensor, target: torch.Tensor, n: int, n_scored: int) -> list[float]:
-    cms = confusion_from_labels(pred, target, n, per_image=True).double()
-    tp = torch.diagonal(cms, dim1=1, dim2=2)[:, :n_scored]
-    union = cms.sum(dim=2)[:, :n_scored] + cms.sum(dim=1)[:, :n_scored] - tp
-    iou = torch.where(union > 0, tp / union.clamp_min(1), torch.nan)
-    return torch.nanmean(iou, dim=1).cpu().tolist()
-
-
 @torch.no_grad()
 def evaluate(segmenter, loader, e: EvalConfig, crop_size: int, class_names: list[str], *, dataset: str,
              split: str, device: torch.device | str = "cpu", lut_pred=None, lut_gt=None,
@@ -114,7 +110,7 @@ def evaluate(segmenter, loader, e: EvalConfig, crop_size: int, class_names: list
     device = torch.device(device)
     segmenter.eval().to(device)
     n_scored = len(class_names)
-    lg = None if lut_gt is None else _index_map(lut_gt, 255, n_scored, None, "ground-truth").to(device)
+    lg = None if lut_gt is None else _index_map(lut_gt, IGNORE_INDEX, n_scored, None, "ground-truth").to(device)
     lp, cm, n = None, None, n_scored
     per_image, files = [], []
     it = loader
@@ -128,7 +124,7 @@ def evaluate(segmenter, loader, e: EvalConfig, crop_size: int, class_names: list
         if cm is None:
             n_train = scores.shape[1]
             if lut_pred is not None:
-                outside = bool((np.asarray(lut_pred)[:n_train] == 255).any())
+                outside = bool((np.asarray(lut_pred)[:n_train] == IGNORE_INDEX).any())
                 n = n_scored + int(outside)
                 lp = _index_map(lut_pred, n_train, n_scored, n_scored if outside else None, "prediction").to(device)
             elif n_train != n_scored:
@@ -142,7 +138,7 @@ def evaluate(segmenter, loader, e: EvalConfig, crop_size: int, class_names: list
         if lg is not None:
             target = lg[target]
         cm.update(pred, target)
-        per_image.extend(_per_image_miou(pred, target, n, n_scored))
+        per_image.extend(per_image_miou(pred, target, n, n_scored=n_scored))
         files.extend(batch.get("path", []))
     if cm is None:
         raise ValueError(f"no images to evaluate in {dataset} ({split})")
@@ -166,62 +162,6 @@ def write_eval(rundir: RunDir, result: EvalResult, proto: dict, path: Path | Non
         "per_image_miou": result.per_image_miou, "files": result.files, "cross": result.cross,
     })
     return path
-
-
-# ------------------------------------------------------------------------------------------ label spaces
-def dataset_taxonomy(ds: DatasetConfig) -> str | None:
-    """The taxonomy a dataset maps into: its config's ``taxonomy``, else (folder format) the ``taxonomy`` of
-    its ``dataset.yaml`` (synthetic datasets write ``synthetic``), else ``common`` for the real formats."""
-    from encseg.data.taxonomy import FORMAT_CLASSES, FORMAT_TAXONOMY
-
-    if ds.taxonomy:
-        return ds.taxonomy
-    if ds.format == "folder":
-        from encseg.data.formats.folder import read_descriptor
-        try:
-            return read_descriptor(ds.root).get("taxonomy")
-        except FileNotFoundError:
-            return "synthetic" if ds.synthetic is not None else None
-    return FORMAT_TAXONOMY if ds.format in FORMAT_CLASSES else None
-
-
-def _space_name(fmt: str, taxonomy: str | None) -> str | None:
-    """The name ``shared_space`` knows a dataset by: a real format in the common taxonomy goes by its format
-    (its class list is fixed); any other dataset by its taxonomy file."""
-    from encseg.data.taxonomy import FORMAT_CLASSES, FORMAT_TAXONOMY
-
-    if fmt in FORMAT_CLASSES and taxonomy in (None, FORMAT_TAXONOMY):
-        return fmt
-    return taxonomy
-
-
-def cross_dataset_luts(train_ds: DatasetConfig, eval_ds: DatasetConfig, train_classes, eval_classes,
-                       train_taxonomy: str | None = None):
-    """``(lut_pred, lut_gt, scored class names, cross record)`` for scoring a model of ``train_ds`` on ``eval_ds``.
-
-    Identical class lists need no tables (``None, None``). ``cross`` is None only for the training dataset
-    itself. ``train_taxonomy`` stands in for the training dataset's taxonomy when its files are not here
-    (``model.json`` records it).
-    """
-    same_dataset = train_ds.display_name == eval_ds.display_name and list(train_classes) == list(eval_classes)
-    if list(train_classes) == list(eval_classes):
-        cross = None if same_dataset else {"train_dataset": train_ds.display_name,
-                                           "shared_classes": list(train_classes)}
-        return None, None, list(train_classes), cross
-    from encseg.data.taxonomy import TaxonomyError, shared_space
-
-    tax_t = train_ds.taxonomy or train_taxonomy or dataset_taxonomy(train_ds)
-    tax_e = dataset_taxonomy(eval_ds)
-    name_t, name_e = _space_name(train_ds.format, tax_t), _space_name(eval_ds.format, tax_e)
-    missing = [d.display_name for d, n in ((train_ds, name_t), (eval_ds, name_e)) if n is None]
-    if missing:
-        raise TaxonomyError(f"datasets {train_ds.display_name} and {eval_ds.display_name} have different classes "
-                            f"and {', '.join(missing)} names no taxonomy: set `taxonomy:` in its dataset config "
-                            f"(e.g. synthetic) to score in a shared label space")
-    lut_t, lut_e, names = shared_space(name_t, name_e, train_classes=list(train_classes),
-                                       eval_classes=list(eval_classes))
-    cross = {"train_dataset": train_ds.display_name, "shared_classes": list(names)}
-    return np.asarray(lut_t), np.asarray(lut_e), list(names), cross
 
 
 # -------------------------------------------------------------------------------------------------- CLI

@@ -13,12 +13,14 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from encseg.atomic import atomic_write_json, read_json
 from encseg.config import RunConfig
+from encseg.data.taxonomy import cross_dataset_luts, dataset_taxonomy
 from encseg.engine.dynamics import convergence
 from encseg.engine.efficiency import count_flops, count_params, measure_latency
-from encseg.engine.evaluate import cross_dataset_luts, dataset_taxonomy, evaluate, protocol, write_eval
+from encseg.engine.evaluate import EvalResult, evaluate, protocol, write_eval
 from encseg.engine.loaders import eval_dataset, eval_loader
-from encseg.engine.rundir import RunDir, atomic_write_json, read_json
+from encseg.engine.rundir import RunDir
 from encseg.engine.runplots import plot_confusion, plot_losses, plot_val_curve
 
 
@@ -32,15 +34,36 @@ def _load_best(module, best_path: Path) -> str:
 
 def finalize_run(cfg: RunConfig, rd: RunDir, trainer, module, history, classes: list[str], val_ds, t0: float,
                  best_path: Path) -> dict:
-    from encseg.models.segmenter import save_segmenter
-
+    """The named steps after training, in order; returns the summary written to ``summary.json``."""
     train_time = history.elapsed()
-    weights = "last"
-    if cfg.eval.checkpoint == "best":
-        weights = _load_best(module, best_path)
+    weights = select_weights(cfg, module, best_path)
     seg = module.segmenter
     device = module.device if module.device.type != "meta" else torch.device("cpu")
     seg.eval()
+    export_model(cfg, rd, seg, classes, weights)
+    main = evaluate_own_split(cfg, rd, seg, classes, val_ds, device)
+    record_final_validation(history, trainer.global_step, main.metrics)
+    evaluate_other_datasets(cfg, rd, seg, classes, device)
+    cost = measure_cost(cfg, seg, device)
+    dyn = training_dynamics(cfg, rd, history.steps_per_epoch)
+    times = {"train_time_s": train_time, "wall_time_s": time.time() - t0}
+    summary = run_summary(cfg, rd, trainer.global_step, history.steps_per_epoch, times, weights, main.metrics,
+                          cost, dyn)
+    atomic_write_json(rd.summary_path, summary)
+    return summary
+
+
+def select_weights(cfg: RunConfig, module, best_path: Path) -> str:
+    """Load ``eval.checkpoint``'s weights into ``module``; returns what was loaded, for the record."""
+    if cfg.eval.checkpoint == "best":
+        return _load_best(module, best_path)
+    return "last"
+
+
+def export_model(cfg: RunConfig, rd: RunDir, seg, classes: list[str], weights: str) -> None:
+    """``model.safetensors`` + ``model.json``: the weights and what is needed to use them without the run."""
+    from encseg.models.segmenter import save_segmenter
+
     enc = seg.encoder
     save_segmenter(seg, rd.path, extra={
         "classes": classes, "dataset": cfg.data.dataset.display_name, "format": cfg.data.dataset.format,
@@ -49,23 +72,33 @@ def finalize_run(cfg: RunConfig, rd: RunDir, trainer, module, history, classes: 
         "encoder_load": getattr(getattr(enc, "load_report", None), "as_dict", lambda: None)(),
     })
 
-    # the run's own validation split, then cross-dataset evaluations
-    proto = protocol(cfg.eval, cfg.data)
+
+def evaluate_own_split(cfg: RunConfig, rd: RunDir, seg, classes: list[str], val_ds, device) -> EvalResult:
+    """The run's own validation split: ``eval/<dataset>.json``, its confusion matrix and plot."""
     name = cfg.data.dataset.display_name
     loader = eval_loader(val_ds, cfg.eval.batch_size, cfg.data.num_workers)
     main = evaluate(seg, loader, cfg.eval, cfg.data.crop_size, classes, dataset=name,
                     split=cfg.data.dataset.val_split, device=device)
-    write_eval(rd, main, proto)
+    write_eval(rd, main, protocol(cfg.eval, cfg.data))
     plot_confusion(main.confusion, classes, rd.plots_dir / f"confusion_{name}.png")
-    step = trainer.global_step
+    return main
+
+
+def record_final_validation(history, step: int, metrics: dict) -> None:
+    """End the validation curve at the final step when the last scheduled validation came earlier."""
     last_val = [r for r in history.rows if "val_miou" in r]
-    if not last_val or last_val[-1]["step"] != step:
-        history.add_validation(step, {"val_miou": main.metrics["miou"], "val_macc": main.metrics["macc"],
-                                      "val_aacc": main.metrics["aacc"], "val_fwiou": main.metrics["fwiou"],
-                                      "val_loss": math.nan})
-        history.write()
+    if last_val and last_val[-1]["step"] == step:
+        return
+    history.add_validation(step, {"val_miou": metrics["miou"], "val_macc": metrics["macc"],
+                                  "val_aacc": metrics["aacc"], "val_fwiou": metrics["fwiou"], "val_loss": math.nan})
+    history.write()
+
+
+def evaluate_other_datasets(cfg: RunConfig, rd: RunDir, seg, classes: list[str], device) -> None:
+    """``eval.datasets``: each scored in the label space it shares with the training dataset."""
+    proto = protocol(cfg.eval, cfg.data)
     for ds_cfg in cfg.eval.datasets:
-        ds = eval_dataset(ds_cfg, cfg.data, enc.mean, enc.std)
+        ds = eval_dataset(ds_cfg, cfg.data, seg.encoder.mean, seg.encoder.std)
         lut_p, lut_g, names, cross = cross_dataset_luts(cfg.data.dataset, ds_cfg, classes, ds.dataset.classes)
         res = evaluate(seg, eval_loader(ds, cfg.eval.batch_size, cfg.data.num_workers), cfg.eval,
                        cfg.data.crop_size, names, dataset=ds_cfg.display_name, split=ds_cfg.val_split,
@@ -74,7 +107,9 @@ def finalize_run(cfg: RunConfig, rd: RunDir, trainer, module, history, classes: 
         write_eval(rd, res, proto)
         plot_confusion(res.confusion, res.classes, rd.plots_dir / f"confusion_{ds_cfg.display_name}.png")
 
-    # cost at the evaluation crop, one image
+
+def measure_cost(cfg: RunConfig, seg, device) -> dict:
+    """Parameters, FLOPs and latency at the training crop, one image."""
     size = cfg.data.crop_size
     x = torch.zeros(1, 3, size, size, device=device)
     params = count_params(seg, {k: m for k, m in (("encoder", seg.encoder), ("neck", seg.neck),
@@ -87,35 +122,43 @@ def finalize_run(cfg: RunConfig, rd: RunDir, trainer, module, history, classes: 
         flops = count_flops(infer, x)
         latency = measure_latency(infer, lambda: x, iters=cfg.eval.latency_iters, warmup=2, device=device) \
             if cfg.eval.latency_iters > 0 else {}
+    return {"params": params, "flops": flops, "size": size, "latency": latency}
 
-    dyn: dict = {}
-    if rd.history_path.is_file():
-        hist = pd.read_csv(rd.history_path)
-        dyn = convergence(hist, fraction=cfg.eval.converge_fraction, target=cfg.eval.converge_target,
-                          steps_per_epoch=history.steps_per_epoch)
-        plot_losses(hist, rd.plots_dir / "loss.png")
-        plot_val_curve(hist, rd.plots_dir / "val_miou.png")
 
+def training_dynamics(cfg: RunConfig, rd: RunDir, steps_per_epoch: int) -> dict:
+    """Convergence figures from ``history.csv`` and the loss / validation plots."""
+    if not rd.history_path.is_file():
+        return {}
+    hist = pd.read_csv(rd.history_path)
+    dyn = convergence(hist, fraction=cfg.eval.converge_fraction, target=cfg.eval.converge_target,
+                      steps_per_epoch=steps_per_epoch)
+    plot_losses(hist, rd.plots_dir / "loss.png")
+    plot_val_curve(hist, rd.plots_dir / "val_miou.png")
+    return dyn
+
+
+def run_summary(cfg: RunConfig, rd: RunDir, step: int, steps_per_epoch: int, times: dict, weights: str,
+                metrics: dict, cost: dict, dyn: dict) -> dict:
+    """The run's one-row record, ``summary.json``."""
     subset = rd.path / "subset.json"
     n_images = read_json(subset).get("num_images") if subset.is_file() else None
-    summary = {
+    params, latency, size = cost["params"], cost["latency"], cost["size"]
+    return {
         "run_id": rd.path.name, "encoder": cfg.tags.get("encoder", cfg.model.encoder.name),
         "encoder_name": cfg.model.encoder.name, "encoder_weights": cfg.model.encoder.weights,
         "regime": cfg.model.regime.mode, "head": cfg.model.head.type,
-        "train_dataset": name, "fraction": cfg.data.fraction, "seed": cfg.seed, "subset_seed": cfg.data.subset_seed,
-        "num_train_images": n_images, "steps": step, "epochs": step / max(1, history.steps_per_epoch),
-        "train_time_s": train_time, "wall_time_s": time.time() - t0, "exported_weights": weights,
-        "miou": main.metrics["miou"], "macc": main.metrics["macc"], "aacc": main.metrics["aacc"],
-        "fwiou": main.metrics["fwiou"],
+        "train_dataset": cfg.data.dataset.display_name, "fraction": cfg.data.fraction, "seed": cfg.seed,
+        "subset_seed": cfg.data.subset_seed, "num_train_images": n_images, "steps": step,
+        "epochs": step / max(1, steps_per_epoch), **times, "exported_weights": weights,
+        "miou": metrics["miou"], "macc": metrics["macc"], "aacc": metrics["aacc"], "fwiou": metrics["fwiou"],
         "epochs_to_converge": dyn.get("epochs_to_converge"), "steps_to_converge": dyn.get("steps_to_converge"),
         "time_to_converge_s": dyn.get("time_to_converge_s"), "time_to_target_s": dyn.get("time_to_target_s"),
         "best_val_miou": dyn.get("best_miou"),
         "params_total": params.get("total"), "params_trainable": params.get("trainable"),
         "params_encoder": params.get("encoder"), "params_neck": params.get("neck"), "params_head": params.get("head"),
-        "gflops": flops / 1e9, "flops_input": [1, 3, size, size],
+        "gflops": cost["flops"] / 1e9, "flops_input": [1, 3, size, size],
         "infer_ms_per_image": latency.get("ms_per_image"), "infer_p90_ms": latency.get("p90_ms"),
         "images_per_s": latency.get("images_per_s"), "peak_mem_mb": latency.get("peak_mem_mb"),
         "latency_device": latency.get("device"),
     }
-    atomic_write_json(rd.summary_path, summary)
-    return summary
+

@@ -59,7 +59,30 @@ class TrainSampler(Sampler[int]):
         return iter([self.epoch * self.n + i for i in mine])
 
     def __len__(self) -> int:
-        return math.ceil(self.n / self.world_size)
+        return samples_per_rank(self.n, self.world_size)
+
+
+def samples_per_rank(n: int, world_size: int) -> int:
+    """What ``TrainSampler`` gives each rank per epoch: ``ceil(n / world_size)``."""
+    return math.ceil(n / world_size)
+
+
+def drop_last(n: int, batch_size: int, world_size: int) -> bool:
+    """Drop a rank's last incomplete batch, unless the rank's share is smaller than one batch (then it trains
+    on that one short batch instead of none). Decided on what one rank sees, not on the whole dataset."""
+    return samples_per_rank(n, world_size) >= batch_size
+
+
+def batches_per_epoch(n: int, batch_size: int, world_size: int) -> int:
+    """Length of each rank's train loader (``train_loader``)."""
+    per_rank = samples_per_rank(n, world_size)
+    return per_rank // batch_size if drop_last(n, batch_size, world_size) else math.ceil(per_rank / batch_size)
+
+
+def steps_per_epoch(n: int, batch_size: int, world_size: int, accumulate: int) -> int:
+    """Optimiser steps per epoch: Lightning steps after every ``accumulate`` batches and after an epoch's last
+    batch, so ``ceil(batches / accumulate)``. The trainer and the study planner both count with this."""
+    return math.ceil(batches_per_epoch(n, batch_size, world_size) / accumulate)
 
 
 class ResumableLoader(DataLoader):
@@ -72,9 +95,9 @@ class ResumableLoader(DataLoader):
     """
 
     def resume_at(self, global_step: int, accumulate: int) -> None:
-        per_epoch = len(self)
-        if per_epoch:
-            self.sampler.skip = (global_step * accumulate) % per_epoch * self.batch_size
+        steps = math.ceil(len(self) / accumulate)
+        if steps:
+            self.sampler.skip = global_step % steps * accumulate * self.batch_size
 
     def state_dict(self) -> dict:
         return {}
@@ -152,10 +175,11 @@ def eval_dataset(ds_cfg: DatasetConfig, data: DataConfig, mean, std, split: str 
     return WithOriginalMask(ds.with_transform(eval_transforms(data, mean, std)))
 
 
-def train_loader(ds, data: DataConfig, seed: int, rank: int, world_size: int) -> DataLoader:
+def train_loader(ds, data: DataConfig, seed: int, rank: int, world_size: int) -> ResumableLoader:
     # an own generator keeps the loader from drawing on the global RNG, which the model's point sampling uses
     return ResumableLoader(ds, batch_size=data.batch_size, sampler=TrainSampler(len(ds), seed, rank, world_size),
-                      num_workers=data.num_workers, collate_fn=collate, drop_last=len(ds) >= data.batch_size,
+                      num_workers=data.num_workers, collate_fn=collate,
+                      drop_last=drop_last(len(ds), data.batch_size, world_size),
                       pin_memory=torch.cuda.is_available(), persistent_workers=data.num_workers > 0,
                       generator=torch.Generator().manual_seed(seed))
 

@@ -33,6 +33,8 @@ import numpy as np
 import torch
 from torchmetrics import Metric
 
+from encseg.data.formats.base import IGNORE_INDEX
+
 __all__ = ["ConfusionMatrix", "confusion_from_labels", "metrics_from_confusion", "per_image_miou"]
 
 
@@ -56,7 +58,7 @@ def _check_labels(preds: torch.Tensor, target: torch.Tensor, num_classes: int, i
 
 
 def confusion_from_labels(preds: torch.Tensor, target: torch.Tensor, num_classes: int,
-                          ignore_index: int = 255, per_image: bool = False) -> torch.Tensor:
+                          ignore_index: int = IGNORE_INDEX, per_image: bool = False) -> torch.Tensor:
     """Confusion matrix of label maps (rows = ground truth, cols = prediction), on the inputs' device.
 
     ``preds`` and ``target`` are integer tensors of equal shape; with ``per_image=True`` the first dimension is
@@ -88,7 +90,7 @@ class ConfusionMatrix(Metric):
 
     confmat: torch.Tensor
 
-    def __init__(self, num_classes: int, ignore_index: int = 255, **kwargs):
+    def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX, **kwargs):
         super().__init__(**kwargs)
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
@@ -167,11 +169,12 @@ def metrics_from_confusion(cm: np.ndarray, class_names: Sequence[str] | None = N
 
 
 def per_image_miou(pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray, num_classes: int,
-                   ignore_index: int = 255) -> float | list[float]:
+                   ignore_index: int = IGNORE_INDEX, n_scored: int | None = None) -> float | list[float]:
     """mIoU of each image separately (same rules as the dataset-level score), for bootstrap intervals.
 
     A single ``(H, W)`` map gives a float; a batch ``(B, H, W)`` gives one float per image (computed in one
-    batched bincount, cheaper than a loop). NaN for an image whose pixels are all ignored.
+    batched bincount, cheaper than a loop). NaN for an image whose pixels are all ignored. ``n_scored``: only
+    the first classes are averaged (a trailing cross-dataset ``NOT_SHARED`` column only adds errors).
     """
     pred_t = torch.as_tensor(pred)
     target_t = torch.as_tensor(target).to(pred_t.device)
@@ -181,8 +184,9 @@ def per_image_miou(pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.nd
     if target_t.dim() != 3:
         raise ValueError(f"per_image_miou expects (B, H, W) or (H, W) maps, got shape {tuple(target_t.shape)}")
     cms = confusion_from_labels(pred_t, target_t, num_classes, ignore_index, per_image=True).double()
-    tp = torch.diagonal(cms, dim1=1, dim2=2)
-    union = cms.sum(dim=2) + cms.sum(dim=1) - tp
+    k = num_classes if n_scored is None else n_scored
+    tp = torch.diagonal(cms, dim1=1, dim2=2)[:, :k]
+    union = cms.sum(dim=2)[:, :k] + cms.sum(dim=1)[:, :k] - tp
     iou = torch.where(union > 0, tp / union.clamp_min(1), torch.nan)
     scores = torch.nanmean(iou, dim=1).cpu().tolist()
     return scores[0] if single else scores

@@ -1,20 +1,23 @@
-"""The LightningModule: training/validation steps and the optimiser. Nothing else.
+"""The LightningModule: training/validation steps and the optimiser. It computes and logs; it writes nothing.
 
 The model is a plain ``Segmenter`` (usable without Lightning); data, checkpoints, history and evaluation
-files are handled by ``engine.train`` and its callbacks.
+files are handled by ``engine.train`` and its callbacks. What they need from a step reaches them explicitly:
+each training step returns its loss terms (``outputs["terms"]`` in ``on_train_batch_end``), and each validation
+puts its metrics and confusion matrix into the ``ValidationResult`` the module was constructed with.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import lightning as L
+import numpy as np
 import torch
 
 from encseg.config import EvalConfig, RegimeConfig, TrainConfig
 from encseg.engine.evaluate import predict_scores
 from encseg.engine.metrics import ConfusionMatrix, metrics_from_confusion
-from encseg.engine.rundir import atomic_save_npy
 from encseg.models.regimes import param_groups
 from encseg.models.segmenter import Segmenter
 
@@ -34,9 +37,19 @@ def warmup_poly_factor(step: int, total: int, warmup: int, warmup_ratio: float, 
     return poly
 
 
+@dataclass
+class ValidationResult:
+    """The latest validation (all ranks summed), shared by the module that fills it and the callbacks that
+    write it out. ``metrics``: ``val_miou, val_macc, val_aacc, val_fwiou, val_loss``."""
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    confusion: np.ndarray | None = None
+
+
 class SegmentationModule(L.LightningModule):
     def __init__(self, segmenter: Segmenter, train_cfg: TrainConfig, regime: RegimeConfig, eval_cfg: EvalConfig,
-                 class_names: list[str], total_steps: int, crop_size: int):
+                 class_names: list[str], total_steps: int, crop_size: int,
+                 validation: ValidationResult | None = None):
         super().__init__()
         self.segmenter = segmenter
         self.train_cfg = train_cfg
@@ -48,9 +61,7 @@ class SegmentationModule(L.LightningModule):
         self.val_confusion = ConfusionMatrix(len(class_names))
         self._val_loss_sum = 0.0
         self._val_loss_n = 0
-        self.last_train_terms: dict[str, float] = {}
-        self.last_val_metrics: dict[str, float] = {}
-        self.val_confusion_path = None  # set by engine.train: <run>/eval/val_confusion_last.npy
+        self.validation = validation if validation is not None else ValidationResult()
 
     # ------------------------------------------------------------------------------------------ train
     def training_step(self, batch, batch_idx):
@@ -64,9 +75,8 @@ class SegmentationModule(L.LightningModule):
                 f"terms {terms}; batch files {files}. Lower train.lr, check the labels of these files "
                 f"(`encseg data check`), or use precision '32'.")
         bs = batch["image"].shape[0]
-        self.last_train_terms = {k: float(v.detach()) for k, v in losses.items()}
         self.log("train/loss", total.detach(), prog_bar=True, batch_size=bs)
-        return total
+        return {"loss": total, "terms": {k: float(v.detach()) for k, v in losses.items()}}
 
     # ------------------------------------------------------------------------------------- validation
     def on_validation_epoch_start(self):
@@ -95,12 +105,9 @@ class SegmentationModule(L.LightningModule):
         if self.trainer.world_size > 1:
             loss_sum = self.trainer.strategy.reduce(loss_sum, reduce_op="sum")
         val_loss = float(loss_sum[0] / loss_sum[1]) if loss_sum[1] > 0 else math.nan
-        self.last_val_metrics = {"val_miou": m["miou"], "val_macc": m["macc"], "val_aacc": m["aacc"],
-                                 "val_fwiou": m["fwiou"], "val_loss": val_loss}
-        self.last_val_confusion = cm
-        if self.trainer.is_global_zero and not self.trainer.sanity_checking and self.val_confusion_path:
-            # the confusion matrix exactly as validation saw it (all ranks summed); checked in the DDP tests
-            atomic_save_npy(self.val_confusion_path, cm)
+        self.validation.metrics = {"val_miou": m["miou"], "val_macc": m["macc"], "val_aacc": m["aacc"],
+                                   "val_fwiou": m["fwiou"], "val_loss": val_loss}
+        self.validation.confusion = cm
         # the same value on every rank (already reduced), so no sync_dist needed for checkpoint monitoring
         self.log("val/miou", _nan_to(m["miou"], 0.0), prog_bar=True, sync_dist=False)
         self.log("val/loss", _nan_to(val_loss, 0.0), sync_dist=False)

@@ -15,8 +15,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from encseg.atomic import atomic_write_bytes
 from encseg.engine.evaluate import cli_eval_config, predict_scores
-from encseg.engine.rundir import RunDir, atomic_write_bytes
+from encseg.engine.rundir import RunDir
 
 log = logging.getLogger("encseg")
 

@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from encseg.atomic import atomic_save_fig
 from encseg.engine.dynamics import validation_rows
-from encseg.engine.rundir import atomic_save_fig
 
 __all__ = ["plot_losses", "plot_val_curve", "plot_confusion", "normalize_confusion"]
 

@@ -9,30 +9,25 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from encseg.atomic import atomic_write_json, atomic_write_text
 from encseg.config import ConfigError, RunConfig, dump_config, load_run_config
-from encseg.engine.callbacks import AtomicCheckpointIO, History, PlainProgress
+from encseg.engine.callbacks import AtomicCheckpointIO, History, PlainProgress, ValidationConfusion
+from encseg.engine.distributed import is_rank_zero
 from encseg.engine.loaders import eval_dataset, eval_loader, train_dataset, train_loader
-from encseg.engine.module import SegmentationModule
-from encseg.engine.rundir import (
-    RunDir,
-    atomic_write_json,
-    atomic_write_text,
-    config_diff,
-    finish_env,
-    resolve_runs_root,
-    run_id,
-    write_env,
-)
+from encseg.engine.module import SegmentationModule, ValidationResult
+from encseg.engine.rundir import RunDir, config_diff, resolve_runs_root, run_id
+from encseg.engine.runenv import finish_env, write_env
+from encseg.engine.schedule import Schedule, schedule
 
 log = logging.getLogger("encseg")
 
@@ -42,16 +37,11 @@ class _DropAdverts(logging.Filter):
         return "litlogger" not in record.getMessage().lower()
 
 
-logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdverts())
+_DROP_ADVERTS = _DropAdverts()
 
 
-def is_rank_zero() -> bool:
-    """Rank before the trainer exists (torchrun: RANK; SLURM: SLURM_PROCID; Lightning's launcher: LOCAL/NODE_RANK)."""
-    if "RANK" in os.environ:
-        return os.environ["RANK"] == "0"
-    if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in os.environ:
-        return os.environ["SLURM_PROCID"] == "0"
-    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+class ZeroStepsError(RuntimeError):
+    """Training ended without a single optimiser step; the message compares batch size x processes to images."""
 
 
 def _check_same_config(rd: RunDir, cfg: RunConfig) -> None:
@@ -103,6 +93,8 @@ def train(cfg: RunConfig, runs_root: str | Path, argv: list[str] | None = None) 
     if rd.is_done():
         log.info("%s is done; skipping", rd.path)
         return rd.path
+    # Lightning advertises a logging service on every fit
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DROP_ADVERTS)
     rank0 = is_rank_zero()
     if rank0:
         rd.path.mkdir(parents=True, exist_ok=True)
@@ -119,93 +111,124 @@ def train(cfg: RunConfig, runs_root: str | Path, argv: list[str] | None = None) 
 
 
 def _train(cfg: RunConfig, rd: RunDir, argv: list[str], rank0: bool) -> None:
-    from encseg.data.check import check_dataset
-    from encseg.models.regimes import apply_regime
-    from encseg.models.segmenter import build_segmenter
-
+    """The named steps of one run: check, build, record the subset, fit, and (rank 0) finalize."""
     t0 = time.time()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    accelerator = _accelerator(cfg)
     if rank0:
         write_env(rd, argv)
-
-    # fail on bad data before any model is built (existence, decodable headers, sizes)
-    if cfg.data.check:
-        for split in (cfg.data.dataset.train_split, cfg.data.dataset.val_split):
-            check_dataset(cfg.data.dataset, split=split, fast=True).raise_if_errors()
-        # cross-dataset evaluations run after training: a missing folder must fail now, not hours later
-        for ds in cfg.eval.datasets:
-            check_dataset(ds, split=ds.val_split, fast=True).raise_if_errors()
-
-    from encseg.data.formats import build_dataset
-    full = build_dataset(cfg.data.dataset, cfg.data.dataset.train_split)
-    classes = list(full.classes)
-    img_size = cfg.model.encoder.img_size or cfg.data.crop_size
-    seg = build_segmenter(cfg.model, num_classes=len(classes), img_size=img_size)
-    apply_regime(seg, cfg.model.regime)
-    mean, std = seg.encoder.mean, seg.encoder.std
-
-    train_ds, idx = train_dataset(full, cfg.data, mean, std, cfg.seed)
-    val_ds = eval_dataset(cfg.data.dataset, cfg.data, mean, std)
+    check_data(cfg)
+    full, seg = build_model(cfg)
+    train_ds, idx = train_dataset(full, cfg.data, seg.encoder.mean, seg.encoder.std, cfg.seed)
+    val_ds = eval_dataset(cfg.data.dataset, cfg.data, seg.encoder.mean, seg.encoder.std)
     if rank0:
-        atomic_write_text(rd.subset_path, "\n".join(full.relative_path(i) for i in idx) + "\n")
-        from encseg.data.subsets import class_coverage
-        atomic_write_json(rd.path / "subset.json", {
-            "fraction": cfg.data.fraction, "subset_seed": cfg.data.subset_seed, "num_images": len(idx),
-            "num_images_full": len(full), "coverage": class_coverage(full, idx)})
+        write_subset(rd, cfg, full, idx)
+    sched = schedule(cfg, len(train_ds))
+    fitted = fit(cfg, rd, seg, list(full.classes), train_ds, val_ds, sched)
+    check_trained(fitted.trainer, cfg, len(train_ds), sched)
+    if not fitted.trainer.is_global_zero:
+        return
+    from encseg.engine.finalize import finalize_run
+    finalize_run(cfg, rd, fitted.trainer, fitted.module, fitted.history, list(full.classes), val_ds, t0,
+                 best_path=Path(fitted.best.best_model_path or ""))
+    finish_env(rd)
+    rd.mark_done()
 
-    world = (cfg.train.devices if isinstance(cfg.train.devices, int) else max(1, torch.cuda.device_count())) \
-        * cfg.train.num_nodes
-    batches_per_epoch = max(1, len(train_ds) // (cfg.data.batch_size * world)) \
-        if len(train_ds) >= cfg.data.batch_size * world else 1
-    steps_per_epoch = max(1, batches_per_epoch // cfg.train.accumulate)
-    if cfg.train.budget == "iters":
-        total_steps = cfg.train.max_iters
-        val_kw = dict(val_check_interval=cfg.train.val_every * cfg.train.accumulate, check_val_every_n_epoch=None)
-    else:
-        total_steps = cfg.train.max_epochs * steps_per_epoch
-        val_kw = dict(check_val_every_n_epoch=cfg.train.val_every)
 
-    module = SegmentationModule(seg, cfg.train, cfg.model.regime, cfg.eval, classes, total_steps, cfg.data.crop_size)
-    module.val_confusion_path = rd.eval_dir / "val_confusion_last.npy"
-    history = History(rd.history_path, cfg.train.log_every, steps_per_epoch)
+def check_data(cfg: RunConfig) -> None:
+    """Fail on bad data before any model is built (existence, decodable headers, sizes)."""
+    from encseg.data.check import check_dataset
+
+    if not cfg.data.check:
+        return
+    for split in (cfg.data.dataset.train_split, cfg.data.dataset.val_split):
+        check_dataset(cfg.data.dataset, split=split, fast=True).raise_if_errors()
+    # cross-dataset evaluations run after training: a missing folder must fail now, not hours later
+    for ds in cfg.eval.datasets:
+        check_dataset(ds, split=ds.val_split, fast=True).raise_if_errors()
+
+
+def build_model(cfg: RunConfig):
+    """The full train split and the segmenter for its classes (regime applied by ``build_segmenter``)."""
+    from encseg.data.formats import build_dataset
+    from encseg.models.segmenter import build_segmenter
+
+    full = build_dataset(cfg.data.dataset, cfg.data.dataset.train_split)
+    img_size = cfg.model.encoder.img_size or cfg.data.crop_size
+    return full, build_segmenter(cfg.model, num_classes=len(full.classes), img_size=img_size)
+
+
+def write_subset(rd: RunDir, cfg: RunConfig, full, idx: list[int]) -> None:
+    """``subset.txt`` (the chosen images, relative to the dataset root) and ``subset.json`` (size, coverage)."""
+    from encseg.data.subsets import class_coverage
+
+    atomic_write_text(rd.subset_path, "\n".join(full.relative_path(i) for i in idx) + "\n")
+    atomic_write_json(rd.path / "subset.json", {
+        "fraction": cfg.data.fraction, "subset_seed": cfg.data.subset_seed, "num_images": len(idx),
+        "num_images_full": len(full), "coverage": class_coverage(full, idx)})
+
+
+@dataclass
+class _Fitted:
+    trainer: L.Trainer
+    module: SegmentationModule
+    history: History
+    best: ModelCheckpoint
+
+
+def fit(cfg: RunConfig, rd: RunDir, seg, classes: list[str], train_ds, val_ds, sched: Schedule) -> _Fitted:
+    """Train (or resume from ``checkpoints/last.ckpt``) to the end of the schedule."""
+    validation = ValidationResult()
+    module = SegmentationModule(seg, cfg.train, cfg.model.regime, cfg.eval, classes, sched.total_steps,
+                                cfg.data.crop_size, validation)
+    history = History(rd.history_path, cfg.train.log_every, sched.steps_per_epoch, validation)
     best = ModelCheckpoint(dirpath=rd.checkpoints, filename="best", monitor="val/miou", mode="max", save_top_k=1,
                            save_last=False, enable_version_counter=False, auto_insert_metric_name=False)
     last = ModelCheckpoint(dirpath=rd.checkpoints, filename="last", save_top_k=0, save_last=True,
                            every_n_train_steps=cfg.train.checkpoint_every, enable_version_counter=False)
     show_bar = {"on": True, "off": False}.get(cfg.logging.progress_bar, sys.stderr.isatty())
-    callbacks = [history, best, last]
+    callbacks = [history, ValidationConfusion(rd.eval_dir / "val_confusion_last.npy", validation), best, last]
     if not show_bar:
-        callbacks.append(PlainProgress(cfg.train.log_every, total_steps))
-
-    trainer = L.Trainer(
-        accelerator=accelerator, devices=cfg.train.devices, num_nodes=cfg.train.num_nodes,
-        strategy="ddp" if world > 1 else "auto", precision=precision_for(cfg, accelerator),
-        max_steps=total_steps, max_epochs=-1 if cfg.train.budget == "iters" else cfg.train.max_epochs,
-        accumulate_grad_batches=cfg.train.accumulate,
-        gradient_clip_val=cfg.train.grad_clip, gradient_clip_algorithm="norm",
-        deterministic=(True if accelerator == "cpu" else "warn") if cfg.deterministic else None,
-        callbacks=callbacks, logger=_loggers(cfg, rd), plugins=[AtomicCheckpointIO()],
-        enable_progress_bar=show_bar, enable_model_summary=False, use_distributed_sampler=False,
-        num_sanity_val_steps=1, log_every_n_steps=cfg.train.log_every, default_root_dir=str(rd.path),
-        **val_kw,
-    )
+        callbacks.append(PlainProgress(cfg.train.log_every, sched.total_steps, validation))
+    trainer = _trainer(cfg, rd, sched, callbacks, show_bar)
     if cfg.train.compile:
         seg.encoder.vit.compile()
     ckpt = rd.last_ckpt if rd.last_ckpt.is_file() else None
-    if ckpt is not None and rank0:
+    if ckpt is not None and trainer.is_global_zero:
         log.info("resuming %s from %s", rd.path.name, ckpt)
     with warnings.catch_warnings():
         # Lightning warns that few workers are used / that the val loader is not shuffled: both are deliberate
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         warnings.filterwarnings("ignore", ".*The number of training batches.*")
         trainer.fit(module, datamodule=_Data(cfg, train_ds, val_ds), ckpt_path=ckpt)
-    if not trainer.is_global_zero:
+    return _Fitted(trainer, module, history, best)
+
+
+def _trainer(cfg: RunConfig, rd: RunDir, sched: Schedule, callbacks: list, show_bar: bool) -> L.Trainer:
+    accelerator = _accelerator(cfg)
+    return L.Trainer(
+        accelerator=accelerator, devices=cfg.train.devices, num_nodes=cfg.train.num_nodes,
+        strategy="ddp" if sched.world_size > 1 else "auto", precision=precision_for(cfg, accelerator),
+        max_steps=sched.total_steps, max_epochs=-1 if cfg.train.budget == "iters" else cfg.train.max_epochs,
+        accumulate_grad_batches=cfg.train.accumulate,
+        gradient_clip_val=cfg.train.grad_clip, gradient_clip_algorithm="norm",
+        deterministic=(True if accelerator == "cpu" else "warn") if cfg.deterministic else None,
+        callbacks=callbacks, logger=_loggers(cfg, rd), plugins=[AtomicCheckpointIO()],
+        enable_progress_bar=show_bar, enable_model_summary=False, use_distributed_sampler=False,
+        num_sanity_val_steps=1, log_every_n_steps=cfg.train.log_every, default_root_dir=str(rd.path),
+        **sched.val_kw,
+    )
+
+
+def check_trained(trainer: L.Trainer, cfg: RunConfig, n_images: int, sched: Schedule) -> None:
+    """A run that made no optimiser step must not be scored and marked DONE as if it had trained."""
+    if trainer.global_step > 0:
         return
-    from encseg.engine.finalize import finalize_run
-    finalize_run(cfg, rd, trainer, module, history, classes, val_ds, t0, best_path=Path(best.best_model_path or ""))
-    finish_env(rd)
-    rd.mark_done()
+    raise ZeroStepsError(
+        f"training made 0 optimiser steps: {n_images} training image(s) shared by {sched.world_size} "
+        f"process(es) is {math.ceil(n_images / sched.world_size)} per process, at data.batch_size "
+        f"{cfg.data.batch_size} (x train.accumulate {cfg.train.accumulate}) the schedule has "
+        f"{sched.steps_per_epoch} step(s) per epoch and {sched.total_steps} in all; use more images "
+        f"(data.fraction), a smaller batch size or fewer processes")
 
 
 def _loggers(cfg: RunConfig, rd: RunDir) -> list:

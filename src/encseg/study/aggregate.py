@@ -17,15 +17,15 @@ from __future__ import annotations
 
 import logging
 import math
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from encseg.atomic import read_json
 from encseg.config import RunConfig
-from encseg.engine.rundir import RunDir, read_json
+from encseg.engine.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -263,26 +263,6 @@ def collect_confusions(study_dir: str | Path, pairs: list[tuple[str, str]]
 
 
 # --------------------------------------------------------------------------------- failures, state
-def _error_line(text: str) -> str:
-    """First line of the error in a FAILED file; the marker may start with a timestamp line."""
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    if lines and _looks_like_timestamp(lines[0]):
-        lines = lines[1:]
-    if not lines:
-        return "(FAILED marker without a message)"
-    if lines[0].startswith("Traceback (most recent call last)"):
-        return lines[-1]  # a bare traceback names the exception on its last line
-    return lines[0]
-
-
-def _looks_like_timestamp(line: str) -> bool:
-    try:
-        datetime.fromisoformat(line)
-    except ValueError:
-        return False
-    return True
-
-
 def collect_failures(study_dir: str | Path) -> pd.DataFrame:
     """Runs with a ``FAILED`` marker and no ``DONE``: identity (as far as known), the error's first line."""
     rows = []
@@ -290,7 +270,7 @@ def collect_failures(study_dir: str | Path) -> pd.DataFrame:
         if rd.state() != "failed":
             continue
         ident, _ = _loose_identity(rd)
-        rows.append({**ident, "error": _error_line(rd.failed_path.read_text(errors="replace"))})
+        rows.append({**ident, "error": rd.failure_line()})
     return pd.DataFrame(rows, columns=FAILURE_COLUMNS)
 
 

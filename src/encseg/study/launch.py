@@ -31,8 +31,10 @@ import submitit
 import yaml
 from tqdm import tqdm
 
+from encseg.atomic import atomic_write_json, atomic_write_text, read_json
 from encseg.config import ConfigError, RunConfig, StudyConfig
-from encseg.engine.rundir import RunDir, atomic_write_json, atomic_write_text, read_json, run_id
+from encseg.engine.distributed import is_rank_zero
+from encseg.engine.rundir import RunDir, run_id
 from encseg.study.plan import cell_state, config_drift, dump_study, expand, load_study, study_dir
 
 try:
@@ -52,13 +54,6 @@ def _default_train() -> TrainFn:
     from encseg.engine.train import train
 
     return train
-
-
-def _rank() -> int:
-    """Global rank inside a multi-task SLURM job (one task per GPU); 0 everywhere else."""
-    if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
-        return int(os.environ.get("SLURM_PROCID", "0"))
-    return 0
 
 
 @contextlib.contextmanager
@@ -91,7 +86,7 @@ def run_cell(cfg: RunConfig, runs: Path, train_fn: TrainFn | None = None) -> str
     runs = Path(runs)
     rd = RunDir(runs / run_id(cfg))
     fn = train_fn or _default_train()
-    if _rank() != 0:  # DDP peers: rank 0 owns the markers, the lock and the skip decision
+    if not is_rank_zero():  # DDP peers: rank 0 owns the markers, the lock and the skip decision
         fn(cfg, runs)
         return "done"
     if rd.is_done():
@@ -111,14 +106,6 @@ def run_cell(cfg: RunConfig, runs: Path, train_fn: TrainFn | None = None) -> str
             rd.mark_failed(RuntimeError(f"train function returned without writing {rd.done_path}"))
             return "failed"
     return "done"
-
-
-def failure_line(rd: RunDir) -> str:
-    """The ``Type: message`` line of a FAILED marker (line 2; line 1 is the time)."""
-    if not rd.failed_path.is_file():
-        return "no FAILED record"
-    lines = rd.failed_path.read_text(errors="replace").splitlines()
-    return lines[1] if len(lines) > 1 else "(empty FAILED record)"
 
 
 # -------------------------------------------------------------------------------------------- progress
@@ -145,7 +132,7 @@ class _Progress:
 
 def _report(progress: _Progress, results: dict[str, str], rd: RunDir, status: str, t0: float) -> None:
     results[rd.name] = status
-    progress.cell(rd.name, status, time.monotonic() - t0, failure_line(rd) if status == "failed" else "")
+    progress.cell(rd.name, status, time.monotonic() - t0, rd.failure_line() if status == "failed" else "")
 
 
 # ---------------------------------------------------------------------------------------- local runs
@@ -386,7 +373,7 @@ def run_study(study: StudyConfig | str | Path, launcher: str = "local", jobs: in
     summary["skipped"] += [rid for rid, s in results.items() if s == "skipped"]
     summary["done"] = [rid for rid, s in results.items() if s == "done"]
     summary["busy"] = [rid for rid, s in results.items() if s == "busy"]
-    summary["failed"] = {rid: failure_line(RunDir(runs / rid)) for rid, s in results.items() if s == "failed"}
+    summary["failed"] = {rid: RunDir(runs / rid).failure_line() for rid, s in results.items() if s == "failed"}
     print(f"study {study.name}: {len(summary['done'])} done, {len(summary['failed'])} failed, "
           f"{len(summary['skipped'])} skipped (already done)"
           + (f", {len(summary['busy'])} busy (running elsewhere)" if summary["busy"] else "")

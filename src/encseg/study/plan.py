@@ -29,6 +29,7 @@ from encseg.config import (
     validate,
 )
 from encseg.engine.rundir import RunDir, config_diff, resolve_runs_root, run_id
+from encseg.engine.schedule import total_steps, world_size
 
 # Assumed, not measured: ViT-B + Mask2Former, 512 crop, batch 16, bf16 on one A100. Measure a few hundred
 # steps on your hardware and put the figure in the study's `cost: {sec_per_iter, device}`.
@@ -283,27 +284,16 @@ def _dataset_size(ds: DatasetConfig) -> tuple[int | None, str | None]:
 
 
 def _subset_size(n: int, fraction: float, subset_seed: int) -> int:
-    try:
-        from encseg.data.subsets import subset_indices
-    except ImportError:
-        return max(1, round(n * fraction))
+    from encseg.data.subsets import subset_indices
+
     return len(subset_indices(n, fraction, subset_seed))
 
 
-def _gpus(cfg: RunConfig) -> int:
-    devices = cfg.train.devices if isinstance(cfg.train.devices, int) else 1
-    return max(1, devices) * cfg.train.num_nodes
-
-
 def _iterations(cfg: RunConfig, images: int | None) -> int | None:
+    """Optimiser steps, counted by the trainer's own rule (``engine.schedule``)."""
     if cfg.train.budget == "iters":
         return cfg.train.max_iters
-    if images is None:
-        return None
-    per_step = cfg.data.batch_size * _gpus(cfg)
-    # the train loader drops the last incomplete batch unless the subset is smaller than one batch
-    batches = images // per_step if images >= per_step else 1
-    return cfg.train.max_epochs * math.ceil(batches / cfg.train.accumulate)
+    return None if images is None else total_steps(cfg, images)
 
 
 def estimate_cost(runs: list[RunConfig], sec_per_iter: float | None = None, device: str | None = None,
@@ -318,9 +308,7 @@ def estimate_cost(runs: list[RunConfig], sec_per_iter: float | None = None, devi
     notes: list[str] = []
     cells = []
     for cfg in runs:
-        ds = cfg.data.dataset
-        if runs_root is not None and "{runs_root}" in str(ds.root):
-            ds = ds.model_copy(update={"root": Path(str(ds.root).replace("{runs_root}", str(runs_root)))})
+        ds = (resolve_runs_root(cfg, runs_root) if runs_root is not None else cfg).data.dataset
         key = f"{ds.display_name}|{ds.root}|{ds.train_split}"
         if key not in sizes:
             sizes[key] = _dataset_size(ds)
@@ -329,7 +317,7 @@ def estimate_cost(runs: list[RunConfig], sec_per_iter: float | None = None, devi
         n = sizes[key][0]
         images = _subset_size(n, cfg.data.fraction, cfg.data.subset_seed) if n is not None else None
         iters = _iterations(cfg, images)
-        gpus = _gpus(cfg)
+        gpus = world_size(cfg.train)
         hours = iters * spi * gpus / 3600.0 if iters is not None else None
         cells.append(CellCost(run_id(cfg), images, iters, gpus, hours))
     return CostEstimate(cells, spi, dev, notes)

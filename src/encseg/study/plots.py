@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from encseg.engine.rundir import atomic_save_fig
+from encseg.atomic import atomic_save_fig
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from encseg.engine.rundir import atomic_write_bytes, atomic_write_text
+from encseg.atomic import atomic_write_bytes, atomic_write_text
 from encseg.study import aggregate, plots, stats
 
 log = logging.getLogger(__name__)

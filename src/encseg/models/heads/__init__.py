@@ -15,8 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from encseg.config import HeadConfig
-
-IGNORE_INDEX = 255
+from encseg.data.formats.base import IGNORE_INDEX
 
 
 class LabelError(ValueError):

@@ -36,8 +36,7 @@ from transformers.models.mask2former.modeling_mask2former import (
 
 from encseg.config import HeadConfig
 from encseg.models.heads import IGNORE_INDEX, HeadOutput, check_labels
-
-STRIDES = [4, 8, 16, 32]
+from encseg.models.necks import STRIDES
 
 
 def hf_config(cfg: HeadConfig, num_classes: int) -> Mask2FormerConfig:
