@@ -24,6 +24,8 @@ from typing import IO, Any
 
 import numpy as np
 
+from encseg.errors import InputError, MissingFileError
+
 __all__ = [
     "atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_save_npy",
     "atomic_save_fig", "read_json", "to_jsonable",
@@ -128,8 +130,8 @@ def atomic_save_fig(path: str | Path, fig: Any, **savefig_kwargs: Any) -> Path:
 def read_json(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no such file: {path}")
+        raise MissingFileError(f"no such file: {path}")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON: {e}") from e
+        raise InputError(f"{path}: not valid JSON: {e}") from e

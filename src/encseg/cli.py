@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from encseg.errors import EncsegError
+
 
 def _encoders(a: argparse.Namespace) -> int:
     from encseg.models.encoders import print_encoder_table
@@ -98,6 +100,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.set_defaults(fn=_inspect)
 
+    _add_data_commands(sub)
+    _add_run_commands(sub)
+    _add_study_commands(sub)
+
+    s = sub.add_parser("demo", help="the whole pipeline on synthetic data, offline, on CPU")
+    s.add_argument("--out", default="outputs/demo")
+    s.set_defaults(fn=_demo)
+    return p
+
+
+def _add_data_commands(sub) -> None:
     data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
     s = data.add_parser("synth", help="write a synthetic dataset")
     s.add_argument("--out", required=True)
@@ -117,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--fast", action="store_true", help="existence and header sizes only")
     s.set_defaults(fn=_data_check)
 
+
+def _add_run_commands(sub) -> None:
     s = sub.add_parser("train", help="train one run")
     s.add_argument("config")
     s.add_argument("overrides", nargs="*", help="key.path=value")
@@ -139,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--mode", default=None, choices=["whole", "slide"])
     s.set_defaults(fn=_predict)
 
+
+def _add_study_commands(sub) -> None:
     study = sub.add_parser("study", help="grids of runs").add_subparsers(dest="study_command", required=True)
     s = study.add_parser("plan", help="print the grid and its estimated cost")
     s.add_argument("study")
@@ -154,18 +171,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("study_dir")
     s.set_defaults(fn=_study_report)
 
-    s = sub.add_parser("demo", help="the whole pipeline on synthetic data, offline, on CPU")
-    s.add_argument("--out", default="outputs/demo")
-    s.set_defaults(fn=_demo)
-    return p
-
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.fn(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError) as e:
-        # user errors (bad config, missing file, unknown name) get one clear line, not a traceback
+    except EncsegError as e:
+        # user errors (bad config, missing file, unknown name) get one clear line; anything else is a bug and
+        # keeps its traceback
         print(f"encseg: error: {e}", file=sys.stderr)
         return 2
 

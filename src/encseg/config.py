@@ -15,8 +15,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from encseg.errors import EncsegError
 
-class ConfigError(ValueError):
+
+class ConfigError(EncsegError, ValueError):
     """A config file or override that cannot be turned into a valid config; the message names the key."""
 
 

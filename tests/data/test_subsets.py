@@ -3,8 +3,8 @@
 import pytest
 
 from encseg.config import DatasetConfig
-from encseg.data.formats import DatasetError, build_dataset
-from encseg.data.subsets import class_coverage, read_subset_file, subset_indices, write_subset_file
+from encseg.data.formats import build_dataset
+from encseg.data.subsets import class_coverage, subset_indices
 
 FRACTIONS = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0]
 
@@ -39,7 +39,7 @@ def test_subsets_depend_only_on_n_fraction_and_subset_seed():
         subset_indices(10, 0.0, 0)
 
 
-def test_coverage_and_subset_file_roundtrip(synth, tmp_path):
+def test_coverage_counts_every_pixel_of_the_subset(synth):
     ds = build_dataset(DatasetConfig(root=synth("folder")), "train")
     idx = subset_indices(len(ds), 0.5, 0)
     cov = class_coverage(ds, idx)
@@ -48,9 +48,3 @@ def test_coverage_and_subset_file_roundtrip(synth, tmp_path):
     assert cov["missing"] == [c for c, n in cov["pixels"].items() if n == 0]
     one = class_coverage(ds, [idx[0]])
     assert set(one["missing"]) == set(ds.classes) - {ds.classes[k] for k in set(ds.read_mask(idx[0]).ravel())}
-    path = write_subset_file(tmp_path / "run" / "subset.txt", ds, idx)
-    assert path.read_text().splitlines() == [ds.relative_path(i) for i in idx]
-    assert read_subset_file(path, ds) == idx
-    path.write_text("images/train/nope.png\n")
-    with pytest.raises(DatasetError, match="nope.png"):
-        read_subset_file(path, ds)

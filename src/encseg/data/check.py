@@ -19,6 +19,7 @@ from PIL import Image
 from encseg.config import DatasetConfig, read_yaml, validate
 from encseg.data.formats import build_dataset
 from encseg.data.formats.base import IGNORE_INDEX, INDEX_MODES, DatasetError, SegDataset
+from encseg.errors import MissingFileError
 
 MAX_LISTED = 20
 
@@ -88,7 +89,7 @@ def load_dataset_config(path: str | Path) -> DatasetConfig:
     if path.is_dir():
         return DatasetConfig(format="folder", root=path)
     if not path.exists():
-        raise FileNotFoundError(f"no dataset config or folder dataset at {path}")
+        raise MissingFileError(f"no dataset config or folder dataset at {path}")
     return validate(DatasetConfig, read_yaml(path), str(path))
 
 

@@ -5,25 +5,25 @@ Subset rule: the images of fraction ``f`` are the first ``max(1, round(f * n))``
 split. The subset therefore depends only on ``(n, f, subset_seed)``, never on the encoder, the training seed
 or anything else in a run, and smaller fractions are nested inside larger ones for the same subset seed
 (1% inside 5% inside 10% ... inside 100%). Indices are returned sorted. Each run writes its file list
-(paths relative to the dataset root) so that the subset can be checked and reused without the seed.
+(``subset.txt``, paths relative to the dataset root; ``engine.train.write_subset``) so that the subset can be
+checked without the seed.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 
-from encseg.data.formats.base import IGNORE_INDEX, DatasetError, SegDataset
+from encseg.data.formats.base import IGNORE_INDEX, SegDataset
+from encseg.errors import InputError
 
 
 def subset_size(n: int, fraction: float) -> int:
     if n < 1:
-        raise ValueError(f"cannot take a subset of an empty split (n={n})")
+        raise InputError(f"cannot take a subset of an empty split (n={n})")
     if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+        raise InputError(f"fraction must be in (0, 1], got {fraction}")
     return min(n, max(1, int(np.floor(fraction * n + 0.5))))
 
 
@@ -46,26 +46,3 @@ def class_coverage(dataset: SegDataset, indices: Sequence[int] | None = None) ->
     pixels = {name: int(c) for name, c in zip(dataset.classes, counts, strict=True)}
     return {"num_images": len(indices), "pixels": pixels, "ignored_pixels": ignored,
             "missing": [name for name, c in pixels.items() if c == 0]}
-
-
-def write_subset_file(path: str | Path, dataset: SegDataset, indices: Sequence[int]) -> Path:
-    """One image path (relative to the dataset root) per line, in index order; written atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text("".join(f"{dataset.relative_path(int(i))}\n" for i in indices))
-    os.replace(tmp, path)
-    return path
-
-
-def read_subset_file(path: str | Path, dataset: SegDataset) -> list[int]:
-    """Indices into ``dataset`` of the paths listed in ``path``; a path the dataset lacks is an error."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"subset file not found: {path}")
-    where = {dataset.relative_path(i): i for i in range(len(dataset))}
-    lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    missing = [p for p in lines if p not in where]
-    if missing:
-        raise DatasetError(f"{path}: {len(missing)} listed image(s) are not in {dataset!r}, e.g. {missing[:5]}")
-    return [where[p] for p in lines]

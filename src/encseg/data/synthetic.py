@@ -34,6 +34,7 @@ import yaml
 from PIL import Image
 
 from encseg.data.formats.base import IGNORE_INDEX, DatasetError, voc_palette
+from encseg.errors import InputError
 
 SHAPES = ("disc", "square", "triangle", "ring", "cross", "diamond", "star", "hexagon", "crescent", "ellipse",
           "half_disc", "ell")
@@ -64,7 +65,7 @@ MAX_CLASSES = 1 + 2 * len(_PAIRS)
 def class_recipe(k: int) -> tuple[str, str, float]:
     """``(shape, texture, period factor)`` of object class ``k >= 1``."""
     if not 1 <= k < MAX_CLASSES:
-        raise ValueError(f"synthetic class {k} out of range 1..{MAX_CLASSES - 1}")
+        raise InputError(f"synthetic class {k} out of range 1..{MAX_CLASSES - 1}")
     shape, texture = _PAIRS[(k - 1) % len(_PAIRS)]
     return SHAPES[shape], TEXTURES[texture], 1.0 if k - 1 < len(_PAIRS) else COARSE_FACTOR
 
@@ -75,9 +76,9 @@ MAX_TEXTURE_CLASSES = len(TEXTURES) - 1  # one texture stays free for the distra
 
 def _check_cue(cue: str, num_classes: int) -> None:
     if cue not in CUES:
-        raise ValueError(f"unknown synthetic cue {cue!r} (known: {', '.join(CUES)})")
+        raise InputError(f"unknown synthetic cue {cue!r} (known: {', '.join(CUES)})")
     if cue == "texture" and not 2 <= num_classes <= MAX_TEXTURE_CLASSES + 1:
-        raise ValueError(f"cue 'texture' allows 2..{MAX_TEXTURE_CLASSES + 1} classes, got {num_classes}")
+        raise InputError(f"cue 'texture' allows 2..{MAX_TEXTURE_CLASSES + 1} classes, got {num_classes}")
 
 
 def texture_class(k: int) -> str:
@@ -89,7 +90,7 @@ def class_names(num_classes: int, cue: str = "shape_texture") -> list[str]:
     """``background`` then ``<texture>_<shape>`` names (or ``<texture>`` names for ``cue="texture"``); class k
     is the same for every ``num_classes > k``."""
     if not 2 <= num_classes <= MAX_CLASSES:
-        raise ValueError(f"synthetic datasets have 2..{MAX_CLASSES} classes, got {num_classes}")
+        raise InputError(f"synthetic datasets have 2..{MAX_CLASSES} classes, got {num_classes}")
     _check_cue(cue, num_classes)
     if cue == "texture":
         return ["background"] + [texture_class(k) for k in range(1, num_classes)]
@@ -172,7 +173,7 @@ def _shape_mask(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         return (r <= 1) & (v >= -0.1)
     if shape == "ell":
         return ((u >= -0.8) & (u <= -0.2) & (av <= 0.8)) | ((au <= 0.8) & (v >= -0.8) & (v <= -0.2))
-    raise ValueError(f"unknown shape {shape!r}")
+    raise InputError(f"unknown shape {shape!r}")
 
 
 def _texture(name: str, x: np.ndarray, y: np.ndarray, period: float, phase: float, centre: tuple[float, float],
@@ -208,7 +209,7 @@ def _texture(name: str, x: np.ndarray, y: np.ndarray, period: float, phase: floa
     if name == "bricked":
         row = np.floor(y / period + phase)
         return (fy < 0.2) | (((x / period + 0.5 * row + phase) % 1) < 0.12)
-    raise ValueError(f"unknown texture {name!r}")
+    raise InputError(f"unknown texture {name!r}")
 
 
 def _colour(style: Style, rng: np.random.Generator) -> np.ndarray:
@@ -333,7 +334,7 @@ def _write_item(out: Path, layout: str, split: str, i: int, image: np.ndarray, l
         _save_png_indices(out / "gtFine" / split / "synth" / f"{stem}_gtFine_labelIds.png",
                           train_to_label_id_lut()[label], None)
         return stem
-    raise ValueError(f"unknown synthetic layout {layout!r} (known: {', '.join(LAYOUTS)})")
+    raise InputError(f"unknown synthetic layout {layout!r} (known: {', '.join(LAYOUTS)})")
 
 
 def write_synthetic(out: str | Path, style: str = "a", classes: int = 5, train: int = 64, val: int = 16,
@@ -347,12 +348,12 @@ def write_synthetic(out: str | Path, style: str = "a", classes: int = 5, train: 
     """
     out = Path(out)
     if layout not in LAYOUTS:
-        raise ValueError(f"unknown synthetic layout {layout!r} (known: {', '.join(LAYOUTS)})")
+        raise InputError(f"unknown synthetic layout {layout!r} (known: {', '.join(LAYOUTS)})")
     names = class_names(classes, cue)
     if classes > _LAYOUT_MAX_CLASSES.get(layout, MAX_CLASSES):
-        raise ValueError(f"layout {layout!r} holds at most {_LAYOUT_MAX_CLASSES[layout]} classes, got {classes}")
+        raise InputError(f"layout {layout!r} holds at most {_LAYOUT_MAX_CLASSES[layout]} classes, got {classes}")
     if train < 1 or val < 1 or size < 16:
-        raise ValueError(f"need train >= 1, val >= 1 and size >= 16 (got {train}, {val}, {size})")
+        raise InputError(f"need train >= 1, val >= 1 and size >= 16 (got {train}, {val}, {size})")
     if out.exists() and any(out.iterdir()):
         raise DatasetError(f"{out} already exists and is not empty; choose another output or remove it")
     st = get_style(style)
@@ -385,7 +386,7 @@ def ensure_synthetic(root: Path, synth, expected_format: str) -> Path:
     the first rename wins and the others discard their copy."""
     root = Path(root)
     if synth.layout != expected_format:
-        raise ValueError(f"dataset format {expected_format!r} cannot read synthetic layout {synth.layout!r}; "
+        raise InputError(f"dataset format {expected_format!r} cannot read synthetic layout {synth.layout!r}; "
                          "set synthetic.layout to the dataset format")
     if root.exists():
         return root

@@ -35,6 +35,7 @@ from torchvision.transforms.v2 import Compose
 
 from encseg.config import DataConfig
 from encseg.data.formats.base import IGNORE_INDEX
+from encseg.errors import InputError
 
 Sample = dict[str, Any]
 
@@ -177,7 +178,7 @@ class Normalize:
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]):
         if len(mean) != 3 or len(std) != 3 or max(mean) > 1.0 or min(std) <= 0:
-            raise ValueError(f"mean/std must be 3 values in the 0-1 range (timm's convention), got {mean}, {std}")
+            raise InputError(f"mean/std must be 3 values in the 0-1 range (timm's convention), got {mean}, {std}")
         self.mean, self.std = [float(m) for m in mean], [float(s) for s in std]
 
     def __call__(self, sample: Sample) -> Sample:

@@ -29,6 +29,7 @@ from encseg.data.formats.base import IGNORE_INDEX
 from encseg.data.taxonomy import cross_dataset_luts
 from encseg.engine.metrics import ConfusionMatrix, metrics_from_confusion, per_image_miou
 from encseg.engine.rundir import RunDir
+from encseg.errors import InputError, MissingFileError
 
 NOT_SHARED = "(not shared)"  # the confusion column of predictions outside the shared label space
 TTA_SCALES = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]  # ``--tta ms``: mmsegmentation's multi-scale ratios
@@ -170,7 +171,7 @@ def cli_eval_config(base: EvalConfig, mode: str | None, tta: str) -> EvalConfig:
     parts = [p.strip() for p in tta.split(",") if p.strip()]
     unknown = sorted(set(parts) - {"flip", "ms"})
     if unknown:
-        raise ValueError(f"--tta: unknown value(s) {unknown}; use a comma list of: flip, ms")
+        raise InputError(f"--tta: unknown value(s) {unknown}; use a comma list of: flip, ms")
     update: dict = {}
     if mode:
         update["mode"] = mode
@@ -205,7 +206,7 @@ def evaluate_cli(run_dir: str, dataset_yaml: str, mode: str | None = None, tta: 
 
     rd = RunDir(Path(run_dir))
     if not (rd.path / "model.safetensors").is_file():
-        raise FileNotFoundError(f"{rd.path}: no model.safetensors (is the run finished?)")
+        raise MissingFileError(f"{rd.path}: no model.safetensors (is the run finished?)")
     cfg = rd.read_config()
     ds_cfg = validate(DatasetConfig, read_yaml(dataset_yaml), dataset_yaml)
     e = cli_eval_config(cfg.eval, mode, tta)

@@ -15,8 +15,11 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from encseg.config import DataConfig, DatasetConfig
 from encseg.data.formats import build_dataset
+from encseg.data.formats.base import DatasetError
 from encseg.data.subsets import subset_indices
 from encseg.data.transforms import eval_transforms, train_transforms
+from encseg.engine.schedule import drop_last, samples_per_rank
+from encseg.errors import InputError
 
 
 class ShardSampler(Sampler[int]):
@@ -60,29 +63,6 @@ class TrainSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return samples_per_rank(self.n, self.world_size)
-
-
-def samples_per_rank(n: int, world_size: int) -> int:
-    """What ``TrainSampler`` gives each rank per epoch: ``ceil(n / world_size)``."""
-    return math.ceil(n / world_size)
-
-
-def drop_last(n: int, batch_size: int, world_size: int) -> bool:
-    """Drop a rank's last incomplete batch, unless the rank's share is smaller than one batch (then it trains
-    on that one short batch instead of none). Decided on what one rank sees, not on the whole dataset."""
-    return samples_per_rank(n, world_size) >= batch_size
-
-
-def batches_per_epoch(n: int, batch_size: int, world_size: int) -> int:
-    """Length of each rank's train loader (``train_loader``)."""
-    per_rank = samples_per_rank(n, world_size)
-    return per_rank // batch_size if drop_last(n, batch_size, world_size) else math.ceil(per_rank / batch_size)
-
-
-def steps_per_epoch(n: int, batch_size: int, world_size: int, accumulate: int) -> int:
-    """Optimiser steps per epoch: Lightning steps after every ``accumulate`` batches and after an epoch's last
-    batch, so ``ceil(batches / accumulate)``. The trainer and the study planner both count with this."""
-    return math.ceil(batches_per_epoch(n, batch_size, world_size) / accumulate)
 
 
 class ResumableLoader(DataLoader):
@@ -150,7 +130,7 @@ def collate(samples: list[dict]) -> dict:
         if isinstance(values[0], torch.Tensor):
             shapes = {tuple(v.shape) for v in values}
             if len(shapes) > 1:
-                raise ValueError(f"cannot batch {key!r} of different sizes {sorted(shapes)} "
+                raise InputError(f"cannot batch {key!r} of different sizes {sorted(shapes)} "
                                  f"(files {[s.get('path') for s in samples]}); use eval.batch_size: 1")
             out[key] = torch.stack([v.as_subclass(torch.Tensor) for v in values])
         else:
@@ -161,7 +141,7 @@ def collate(samples: list[dict]) -> dict:
 def train_dataset(full, data: DataConfig, mean, std, seed: int):
     """The k% subset of the train split ``full`` with seeded train transforms, and the selected indices."""
     if len(full) == 0:
-        raise ValueError(f"dataset {data.dataset.display_name}: split {data.dataset.train_split!r} under "
+        raise DatasetError(f"dataset {data.dataset.display_name}: split {data.dataset.train_split!r} under "
                          f"{data.dataset.root} has no images")
     idx = subset_indices(len(full), data.fraction, data.subset_seed)
     return SeededAugment(full.select(idx), train_transforms(data, mean, std), seed), idx
@@ -170,7 +150,7 @@ def train_dataset(full, data: DataConfig, mean, std, seed: int):
 def eval_dataset(ds_cfg: DatasetConfig, data: DataConfig, mean, std, split: str | None = None):
     ds = build_dataset(ds_cfg, split or ds_cfg.val_split)
     if len(ds) == 0:
-        raise ValueError(f"dataset {ds_cfg.display_name}: split {split or ds_cfg.val_split!r} under "
+        raise DatasetError(f"dataset {ds_cfg.display_name}: split {split or ds_cfg.val_split!r} under "
                          f"{ds_cfg.root} has no images")
     return WithOriginalMask(ds.with_transform(eval_transforms(data, mean, std)))
 

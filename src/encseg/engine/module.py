@@ -18,11 +18,12 @@ import torch
 from encseg.config import EvalConfig, RegimeConfig, TrainConfig
 from encseg.engine.evaluate import predict_scores
 from encseg.engine.metrics import ConfusionMatrix, metrics_from_confusion
+from encseg.errors import EncsegError
 from encseg.models.regimes import param_groups
 from encseg.models.segmenter import Segmenter
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(EncsegError, FloatingPointError):
     """A NaN/inf training loss: the message names the step, the loss terms and the batch's files."""
 
 

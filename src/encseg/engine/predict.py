@@ -18,6 +18,7 @@ from PIL import Image
 from encseg.atomic import atomic_write_bytes
 from encseg.engine.evaluate import cli_eval_config, predict_scores
 from encseg.engine.rundir import RunDir
+from encseg.errors import InputError, MissingFileError
 
 log = logging.getLogger("encseg")
 
@@ -58,15 +59,15 @@ def predict_cli(run_dir: str, images: list[str], out: str, mode: str | None = No
 
     rd = RunDir(Path(run_dir))
     if not (rd.path / "model.safetensors").is_file():
-        raise FileNotFoundError(f"{rd.path}: no model.safetensors (is the run finished?)")
+        raise MissingFileError(f"{rd.path}: no model.safetensors (is the run finished?)")
     paths = [Path(p) for p in images]
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
-        raise FileNotFoundError(f"images not found: {', '.join(missing[:20])}")
+        raise MissingFileError(f"images not found: {', '.join(missing[:20])}")
     stems = [p.stem for p in paths]
     clashes = sorted({str(p) for p in paths if stems.count(p.stem) > 1})
     if clashes:
-        raise ValueError(f"images with the same file stem would overwrite each other's outputs: {clashes[:20]}")
+        raise InputError(f"images with the same file stem would overwrite each other's outputs: {clashes[:20]}")
     cfg = rd.read_config()
     e = cli_eval_config(cfg.eval, mode, "")
     seg, meta = load_segmenter(rd.path)
@@ -81,7 +82,7 @@ def predict_cli(run_dir: str, images: list[str], out: str, mode: str | None = No
             with Image.open(p) as im:
                 rgb = np.array(im.convert("RGB"))
         except OSError as err:
-            raise ValueError(f"{p}: cannot decode image: {err}") from err
+            raise InputError(f"{p}: cannot decode image: {err}") from err
         sample = transform({"image": tv_tensors.Image(torch.from_numpy(rgb).permute(2, 0, 1)),
                             "mask": tv_tensors.Mask(torch.zeros(rgb.shape[:2], dtype=torch.int64))})
         x = sample["image"].as_subclass(torch.Tensor)[None].to(device)

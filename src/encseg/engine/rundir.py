@@ -28,6 +28,7 @@ from encseg.atomic import (  # noqa: F401  (re-exported: callers that predate en
     to_jsonable,
 )
 from encseg.config import ConfigError, RunConfig, dump_config, load_run_config
+from encseg.errors import InputError, MissingFileError
 
 __all__ = ["RunDir", "run_id", "fraction_tag", "resolve_runs_root", "config_diff", "now_iso"]
 
@@ -192,13 +193,13 @@ class RunDir:
 
     def read_config(self) -> RunConfig:
         if not self.config_path.is_file():
-            raise FileNotFoundError(f"run directory {self.path} has no config.yaml")
+            raise MissingFileError(f"run directory {self.path} has no config.yaml")
         return load_run_config(self.config_path)
 
 
 def _checked_dataset_name(name: str) -> str:
     if not name or _SAFE.search(name) or name in (".", ".."):
-        raise ValueError(f"dataset/file name {name!r} may only use the characters [A-Za-z0-9_.-]")
+        raise InputError(f"dataset/file name {name!r} may only use the characters [A-Za-z0-9_.-]")
     return name
 
 

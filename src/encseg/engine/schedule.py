@@ -1,25 +1,49 @@
 """How long a run trains, in optimiser steps: one rule for the trainer and the study planner.
 
-Steps per epoch are those of the real training loader (``engine.loaders.steps_per_epoch``: each rank's share of
-the images, its last incomplete batch dropped unless that share is under one batch, ``ceil(batches /
-accumulate)`` optimiser steps). ``budget: iters`` trains ``max_iters`` steps; ``budget: epochs`` trains
+Steps per epoch are those of the real training loader (``engine.loaders.train_loader`` is built from the same
+functions): each rank gets ``ceil(n / world)`` images, drops its last incomplete batch unless that share is under
+one batch, and makes ``ceil(batches / accumulate)`` optimiser steps. ``budget: iters`` trains ``max_iters`` steps; ``budget: epochs`` trains
 ``max_epochs`` x steps per epoch.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
-import torch
-
 from encseg.config import RunConfig, TrainConfig
-from encseg.engine.loaders import steps_per_epoch
+
+
+def samples_per_rank(n: int, world_size: int) -> int:
+    """What ``TrainSampler`` gives each rank per epoch: ``ceil(n / world_size)``."""
+    return math.ceil(n / world_size)
+
+
+def drop_last(n: int, batch_size: int, world_size: int) -> bool:
+    """Drop a rank's last incomplete batch, unless the rank's share is smaller than one batch (then it trains
+    on that one short batch instead of none). Decided on what one rank sees, not on the whole dataset."""
+    return samples_per_rank(n, world_size) >= batch_size
+
+
+def batches_per_epoch(n: int, batch_size: int, world_size: int) -> int:
+    """Length of each rank's train loader (``train_loader``)."""
+    per_rank = samples_per_rank(n, world_size)
+    return per_rank // batch_size if drop_last(n, batch_size, world_size) else math.ceil(per_rank / batch_size)
+
+
+def steps_per_epoch(n: int, batch_size: int, world_size: int, accumulate: int) -> int:
+    """Optimiser steps per epoch: Lightning steps after every ``accumulate`` batches and after an epoch's last
+    batch, so ``ceil(batches / accumulate)``. The trainer and the study planner both count with this."""
+    return math.ceil(batches_per_epoch(n, batch_size, world_size) / accumulate)
 
 
 def world_size(train: TrainConfig) -> int:
     """Processes that train one run: ``devices`` per node (``auto``: the visible GPUs, at least 1) x nodes."""
-    devices = train.devices if isinstance(train.devices, int) else max(1, torch.cuda.device_count())
-    return devices * train.num_nodes
+    if isinstance(train.devices, int):
+        return train.devices * train.num_nodes
+    import torch  # only here: the planner imports this module and should not pay for torch
+
+    return max(1, torch.cuda.device_count()) * train.num_nodes
 
 
 @dataclass

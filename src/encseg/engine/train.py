@@ -28,6 +28,7 @@ from encseg.engine.module import SegmentationModule, ValidationResult
 from encseg.engine.rundir import RunDir, config_diff, resolve_runs_root, run_id
 from encseg.engine.runenv import finish_env, write_env
 from encseg.engine.schedule import Schedule, schedule
+from encseg.errors import EncsegError
 
 log = logging.getLogger("encseg")
 
@@ -40,7 +41,7 @@ class _DropAdverts(logging.Filter):
 _DROP_ADVERTS = _DropAdverts()
 
 
-class ZeroStepsError(RuntimeError):
+class ZeroStepsError(EncsegError, RuntimeError):
     """Training ended without a single optimiser step; the message compares batch size x processes to images."""
 
 

@@ -37,19 +37,20 @@ from timm.data.constants import (
 from torch import nn
 
 from encseg.config import EncoderConfig
+from encseg.errors import EncsegError, InputError
 from encseg.models.weights import ALL_FORMATS, LoadReport, WeightsError, load_encoder_weights, resolve_weights
 
 Stats = tuple[float, float, float]
 
 
-class UnknownEncoderError(KeyError, ValueError):
+class UnknownEncoderError(EncsegError, KeyError, ValueError):
     """An encoder name that is neither a zoo entry nor a timm ViT; the message lists the known names."""
 
     def __str__(self) -> str:  # KeyError would quote the whole message
         return str(self.args[0])
 
 
-class TapError(ValueError):
+class TapError(EncsegError, ValueError):
     """``EncoderConfig.taps`` that cannot be resolved to block indices."""
 
 
@@ -310,7 +311,7 @@ def build_encoder(cfg: EncoderConfig, img_size: int) -> Encoder:
         try:
             vit = timm.create_model(spec.arch, pretrained=False, **kwargs)
         except TypeError as e:  # a misspelt model.encoder.timm_kwargs key reaches timm's constructor
-            raise ValueError(f"encoder {spec.name!r} ({spec.arch}): model.encoder.timm_kwargs "
+            raise InputError(f"encoder {spec.name!r} ({spec.arch}): model.encoder.timm_kwargs "
                              f"{sorted(cfg.timm_kwargs)} rejected by timm: {e}") from e
         if source == "none":
             report = LoadReport(format="none", file=None)

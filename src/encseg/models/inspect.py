@@ -21,6 +21,7 @@ import torch.nn.functional as F
 import yaml
 
 from encseg.config import EncoderConfig, NeckConfig
+from encseg.errors import InputError, MissingFileError
 from encseg.models.encoders import Encoder, build_encoder
 
 
@@ -32,11 +33,11 @@ def _timm_kwargs(timm_kwargs: str | dict[str, Any] | None) -> dict[str, Any]:
     try:
         parsed = yaml.safe_load(timm_kwargs)
     except yaml.YAMLError as e:
-        raise ValueError(f"--timm-kwargs is not valid YAML: {e}") from e
+        raise InputError(f"--timm-kwargs is not valid YAML: {e}") from e
     if parsed is None:
         return {}
     if not isinstance(parsed, dict):
-        raise ValueError(f"--timm-kwargs must be a YAML mapping, e.g. '{{depth: 4}}', got {timm_kwargs!r}")
+        raise InputError(f"--timm-kwargs must be a YAML mapping, e.g. '{{depth: 4}}', got {timm_kwargs!r}")
     return parsed
 
 
@@ -68,7 +69,7 @@ def _load_image(image: str | Path | None, size: int) -> np.ndarray:
         return synthetic_scene(size, size)
     path = Path(image)
     if not path.is_file():
-        raise FileNotFoundError(f"--image: file not found: {path}")
+        raise MissingFileError(f"--image: file not found: {path}")
     pil = Image.open(path).convert("RGB")
     scale = size / min(pil.size)
     pil = pil.resize((max(1, round(pil.width * scale)), max(1, round(pil.height * scale))), Image.BICUBIC)

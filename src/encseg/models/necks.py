@@ -33,11 +33,12 @@ from timm.layers import LayerNorm2d
 from torch import Tensor, nn
 
 from encseg.config import NeckConfig
+from encseg.errors import EncsegError
 
 STRIDES = (4, 8, 16, 32)
 
 
-class NeckError(ValueError):
+class NeckError(EncsegError, ValueError):
     """Taps that do not fit the neck (wrong count, wrong width); the message says what was expected."""
 
 

@@ -27,12 +27,13 @@ from typing import Any
 from torch import nn
 
 from encseg.config import RegimeConfig
+from encseg.errors import EncsegError
 
 _NO_DECAY_MODULES = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.Embedding)
 _NO_DECAY_NAMES = ("pos_embed", "cls_token", "reg_token", "dist_token", "mask_token", "level_embed")
 
 
-class RegimeError(ValueError):
+class RegimeError(EncsegError, ValueError):
     """A regime that does not fit the encoder (e.g. ``last_n`` larger than the number of blocks)."""
 
 

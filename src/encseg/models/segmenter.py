@@ -16,17 +16,17 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import Tensor, nn
 
+from encseg.atomic import atomic_write_bytes, atomic_write_text
 from encseg.config import ModelConfig, validate
+from encseg.errors import EncsegError, MissingFileError
 from encseg.models.encoders import build_encoder
 from encseg.models.heads import IGNORE_INDEX, build_head
 from encseg.models.necks import build_neck
@@ -39,7 +39,7 @@ SIZE_DIVISOR = 32
 WEIGHTS_FILE, META_FILE = "model.safetensors", "model.json"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(EncsegError, ValueError):
     """A saved segmenter that does not match the model its ``model.json`` describes; names the keys."""
 
 
@@ -58,7 +58,6 @@ class Segmenter(nn.Module):
         # set by build_segmenter; recorded by save_segmenter
         self.config: ModelConfig | None = None
         self.img_size: int | None = None
-        self.input_size: tuple[int, int] | None = None  # (H, W) of the last forward, before padding
 
     def train(self, mode: bool = True) -> Segmenter:
         super().train(mode)
@@ -75,10 +74,9 @@ class Segmenter(nn.Module):
         return F.pad(x, (0, pad_w, 0, pad_h), value=value)
 
     def forward(self, images: Tensor):
-        """Head output for ``images`` padded to a multiple of 32 (``self.input_size`` keeps the unpadded size)."""
+        """Head output for ``images`` padded to a multiple of 32."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
-        self.input_size = (int(images.shape[-2]), int(images.shape[-1]))
         x = self._pad(images, 0.0)
         with torch.no_grad() if self.encoder_no_grad else contextlib.nullcontext():
             taps = self.encoder(x)
@@ -172,17 +170,6 @@ def build_segmenter(model: ModelConfig, num_classes: int, img_size: int) -> Segm
     return seg
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_segmenter(seg: Segmenter, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
     """Write ``model.safetensors`` + ``model.json`` into ``directory`` (atomically); returns the directory."""
     if seg.config is None or seg.img_size is None:
@@ -205,8 +192,8 @@ def save_segmenter(seg: Segmenter, directory: str | Path, extra: dict[str, Any] 
             v = v.clone()
         seen.add(v.data_ptr())
         state[k] = v
-    _atomic_write(directory / WEIGHTS_FILE, lambda p: save_file(state, p, metadata={"format": "pt"}))
-    _atomic_write(directory / META_FILE, lambda p: Path(p).write_text(json.dumps(meta, indent=2) + "\n"))
+    atomic_write_bytes(directory / WEIGHTS_FILE, save(state, metadata={"format": "pt"}))
+    atomic_write_text(directory / META_FILE, json.dumps(meta, indent=2) + "\n")
     return directory
 
 
@@ -223,7 +210,7 @@ def load_segmenter(directory: str | Path) -> tuple[Segmenter, dict[str, Any]]:
     meta_path, weights_path = directory / META_FILE, directory / WEIGHTS_FILE
     for path in (meta_path, weights_path):
         if not path.is_file():
-            raise FileNotFoundError(f"saved segmenter file not found: {path}")
+            raise MissingFileError(f"saved segmenter file not found: {path}")
     try:
         meta = json.loads(meta_path.read_text())
         model_cfg = validate(ModelConfig, meta["model"], source=f"{meta_path}: model")

@@ -29,6 +29,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from encseg.errors import EncsegError, MissingFileError
+
 # detect_format() names; an entry's ``formats`` lists the ones it accepts
 ALL_FORMATS = ("timm", "clip", "openclip_timm", "dinov2", "mae", "sam", "eva02")
 FORMAT_HELP = {
@@ -45,7 +47,7 @@ _HEAD_PREFIXES = ("head.", "head_dist.")
 _SHOW = 20  # keys listed per category in an error message
 
 
-class WeightsError(ValueError):
+class WeightsError(EncsegError, ValueError):
     """A checkpoint that cannot be read or does not fit the encoder; the message names the file and keys."""
 
 
@@ -73,7 +75,7 @@ def resolve_weights(default: str, weights: str | None) -> str | Path:
         return w
     path = Path(w).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"model.encoder.weights: checkpoint file not found: {path}")
+        raise MissingFileError(f"model.encoder.weights: checkpoint file not found: {path}")
     return path
 
 
@@ -132,7 +134,7 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
 
 def _read(path: Path) -> tuple[dict[str, torch.Tensor], str]:
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint file not found: {path}")
+        raise MissingFileError(f"checkpoint file not found: {path}")
     obj, container = _read_raw(path)
     return _unwrap(obj, path, container)
 

@@ -26,6 +26,7 @@ import pandas as pd
 from encseg.atomic import read_json
 from encseg.config import RunConfig
 from encseg.engine.rundir import RunDir
+from encseg.errors import EncsegError, MissingFileError
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ FAILURE_COLUMNS = ["run_id", "encoder", "regime", "train_dataset", "fraction", "
 INCOMPLETE_COLUMNS = ["run_id", "encoder", "regime", "train_dataset", "fraction", "seed", "state", "reason"]
 
 
-class StudyDataError(ValueError):
+class StudyDataError(EncsegError, ValueError):
     """A DONE run whose contract files are missing or malformed; the message names the file and key."""
 
 
@@ -53,10 +54,10 @@ def run_dirs(study_dir: str | Path) -> list[RunDir]:
     """Every run folder under ``<study_dir>/runs/`` (hidden folders skipped), sorted by run id."""
     study_dir = Path(study_dir)
     if not study_dir.is_dir():
-        raise FileNotFoundError(f"study directory not found: {study_dir}")
+        raise MissingFileError(f"study directory not found: {study_dir}")
     runs = study_dir / RUNS_DIR
     if not runs.is_dir():
-        raise FileNotFoundError(f"study directory {study_dir} has no {RUNS_DIR}/ folder (has the study run?)")
+        raise MissingFileError(f"study directory {study_dir} has no {RUNS_DIR}/ folder (has the study run?)")
     return [RunDir(p) for p in sorted(runs.iterdir()) if p.is_dir() and not p.name.startswith((".", "_"))]
 
 

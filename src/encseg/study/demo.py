@@ -54,8 +54,9 @@ def _base(out: Path) -> dict[str, Any]:
 
 def pretrain_encoder(out: Path) -> Path:
     """Train on style B with all labels; export the encoder's timm state dict (safetensors)."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
+    from encseg.atomic import atomic_write_bytes
     from encseg.engine.train import train
     from encseg.models.segmenter import load_segmenter
 
@@ -73,9 +74,7 @@ def pretrain_encoder(out: Path) -> Path:
     seg, _ = load_segmenter(run)
     state = {k: v.contiguous() for k, v in seg.encoder.vit.state_dict().items()}
     weights.parent.mkdir(parents=True, exist_ok=True)
-    tmp = weights.with_suffix(".tmp")
-    save_file(state, str(tmp), metadata={"format": "timm", "source": str(run)})
-    tmp.replace(weights)
+    atomic_write_bytes(weights, save(state, metadata={"format": "timm", "source": str(run)}))
     return weights
 
 

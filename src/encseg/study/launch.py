@@ -35,6 +35,7 @@ from encseg.atomic import atomic_write_json, atomic_write_text, read_json
 from encseg.config import ConfigError, RunConfig, StudyConfig
 from encseg.engine.distributed import is_rank_zero
 from encseg.engine.rundir import RunDir, run_id
+from encseg.errors import InputError
 from encseg.study.plan import cell_state, config_drift, dump_study, expand, load_study, study_dir
 
 try:
@@ -310,6 +311,54 @@ def _check_same_study(sdir: Path, study: StudyConfig) -> None:
             raise ConfigError(f"{sdir} holds study {old!r}, not {study.name!r}; choose another `out`")
 
 
+def _check_no_drift(cfgs: list[RunConfig], states: dict[str, str], runs: Path) -> None:
+    drift: dict[str, list[str]] = {}
+    for c in cfgs:
+        if states[run_id(c)] != "new" and (keys := config_drift(c, runs)):
+            drift[run_id(c)] = keys
+    if drift:
+        lines = [f"  {rid}: {', '.join(keys[:8])}" for rid, keys in list(drift.items())[:10]]
+        raise ConfigError(f"{len(drift)} run(s) under {runs} were made with a different config; move them away, "
+                          f"restore the study's settings or give it another `out`:\n" + "\n".join(lines))
+
+
+def _print_dry_run(study: StudyConfig, todo: list[RunConfig], states: dict[str, str], launcher: str,
+                   jobs: int, n_cells: int, n_done: int) -> None:
+    verbs = {"new": "train", "partial": "resume", "failed": "retry"}
+    print(f"study {study.name}: {n_cells} cells, {n_done} done, {len(todo)} would run ({launcher})")
+    for c in todo:
+        print(f"  would {verbs[states[run_id(c)]]:<6} {run_id(c)}")
+    if launcher != "local":
+        print(f"  executor parameters: {executor_parameters(study, launcher, jobs)}")
+
+
+def _launch(study: StudyConfig, todo: list[RunConfig], sdir: Path, launcher: str, jobs: int,
+            train_fn: TrainFn | None, wait: bool | None) -> tuple[dict[str, str], list[str]]:
+    """Run (or submit) ``todo``; returns each finished cell's status and the submitted run ids."""
+    runs = sdir / "runs"
+    progress = _Progress(len(todo))
+    try:
+        if launcher == "local":
+            results = (_run_sequential(todo, runs, train_fn, progress) if jobs == 1
+                       else _run_parallel(todo, runs, jobs, train_fn, progress))
+            return results, []
+        if not todo:
+            return {}, []
+        return _run_submitit(study, todo, sdir, runs, launcher, jobs, train_fn,
+                             wait if wait is not None else launcher == "submitit-local", progress)
+    finally:
+        progress.close()
+
+
+def _print_outcome(study: StudyConfig, summary: dict[str, Any], runs: Path) -> None:
+    print(f"study {study.name}: {len(summary['done'])} done, {len(summary['failed'])} failed, "
+          f"{len(summary['skipped'])} skipped (already done)"
+          + (f", {len(summary['busy'])} busy (running elsewhere)" if summary["busy"] else "")
+          + (f", {len(summary['submitted'])} submitted" if summary["submitted"] else ""), flush=True)
+    for rid, line in summary["failed"].items():
+        print(f"  FAILED {rid}: {line} (see {runs / rid / 'FAILED'})")
+
+
 def run_study(study: StudyConfig | str | Path, launcher: str = "local", jobs: int = 1, dry_run: bool = False,
               out: str | Path | None = None, train_fn: TrainFn | None = None,
               wait: bool | None = None) -> dict[str, Any]:
@@ -321,9 +370,9 @@ def run_study(study: StudyConfig | str | Path, launcher: str = "local", jobs: in
     ``failed`` maps run id -> error line).
     """
     if launcher not in LAUNCHERS:
-        raise ValueError(f"launcher {launcher!r}: choose one of {', '.join(LAUNCHERS)}")
+        raise InputError(f"launcher {launcher!r}: choose one of {', '.join(LAUNCHERS)}")
     if jobs < 1:
-        raise ValueError(f"jobs must be >= 1, got {jobs}")
+        raise InputError(f"jobs must be >= 1, got {jobs}")
     if not isinstance(study, StudyConfig):
         study = load_study(study)
     cfgs = expand(study)
@@ -331,25 +380,13 @@ def run_study(study: StudyConfig | str | Path, launcher: str = "local", jobs: in
     runs = sdir / "runs"
     _check_same_study(sdir, study)
     states = {run_id(c): cell_state(c, runs) for c in cfgs}
-    drift: dict[str, list[str]] = {}
-    for c in cfgs:
-        if states[run_id(c)] != "new" and (keys := config_drift(c, runs)):
-            drift[run_id(c)] = keys
-    if drift:
-        lines = [f"  {rid}: {', '.join(keys[:8])}" for rid, keys in list(drift.items())[:10]]
-        raise ConfigError(f"{len(drift)} run(s) under {runs} were made with a different config; move them away, "
-                          f"restore the study's settings or give it another `out`:\n" + "\n".join(lines))
+    _check_no_drift(cfgs, states, runs)
     skipped = [rid for rid, s in states.items() if s == "done"]
     todo = [c for c in cfgs if states[run_id(c)] != "done"]
     summary: dict[str, Any] = {"study_dir": str(sdir), "runs": len(cfgs), "skipped": skipped, "done": [],
                                "failed": {}, "busy": [], "submitted": [], "todo": [run_id(c) for c in todo]}
     if dry_run:
-        verbs = {"new": "train", "partial": "resume", "failed": "retry"}
-        print(f"study {study.name}: {len(cfgs)} cells, {len(skipped)} done, {len(todo)} would run ({launcher})")
-        for c in todo:
-            print(f"  would {verbs[states[run_id(c)]]:<6} {run_id(c)}")
-        if launcher != "local":
-            print(f"  executor parameters: {executor_parameters(study, launcher, jobs)}")
+        _print_dry_run(study, todo, states, launcher, jobs, len(cfgs), len(skipped))
         return summary
 
     sdir.mkdir(parents=True, exist_ok=True)
@@ -357,29 +394,12 @@ def run_study(study: StudyConfig | str | Path, launcher: str = "local", jobs: in
     atomic_write_text(sdir / "study.yaml", yaml.safe_dump(resolved, sort_keys=False))
     print(f"study {study.name}: {len(cfgs)} cells, {len(skipped)} already done, {len(todo)} to run "
           f"({launcher}{f', {jobs} at a time' if jobs > 1 else ''}) -> {sdir}", flush=True)
-    progress = _Progress(len(todo))
-    try:
-        if launcher == "local":
-            results = (_run_sequential(todo, runs, train_fn, progress) if jobs == 1
-                       else _run_parallel(todo, runs, jobs, train_fn, progress))
-        elif todo:
-            results, summary["submitted"] = _run_submitit(
-                study, todo, sdir, runs, launcher, jobs, train_fn,
-                wait if wait is not None else launcher == "submitit-local", progress)
-        else:
-            results = {}
-    finally:
-        progress.close()
+    results, summary["submitted"] = _launch(study, todo, sdir, launcher, jobs, train_fn, wait)
     summary["skipped"] += [rid for rid, s in results.items() if s == "skipped"]
     summary["done"] = [rid for rid, s in results.items() if s == "done"]
     summary["busy"] = [rid for rid, s in results.items() if s == "busy"]
     summary["failed"] = {rid: RunDir(runs / rid).failure_line() for rid, s in results.items() if s == "failed"}
-    print(f"study {study.name}: {len(summary['done'])} done, {len(summary['failed'])} failed, "
-          f"{len(summary['skipped'])} skipped (already done)"
-          + (f", {len(summary['busy'])} busy (running elsewhere)" if summary["busy"] else "")
-          + (f", {len(summary['submitted'])} submitted" if summary["submitted"] else ""), flush=True)
-    for rid, line in summary["failed"].items():
-        print(f"  FAILED {rid}: {line} (see {runs / rid / 'FAILED'})")
+    _print_outcome(study, summary, runs)
     return summary
 
 

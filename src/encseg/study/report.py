@@ -119,12 +119,12 @@ def _distinct(values) -> str:
 
 # -------------------------------------------------------------------------------------- study file
 def read_study_meta(study_dir: Path) -> dict[str, Any]:
-    """``name``, ``description`` and ``baseline`` from ``<study_dir>/study.yaml`` when it has them.
+    """``name`` and ``baseline`` from ``<study_dir>/study.yaml`` when it has them.
 
     The study file's schema belongs to ``study.plan``; only these optional keys are read, and an unreadable
     file leaves the defaults (baseline ``random``) with a warning rather than stopping the report.
     """
-    meta: dict[str, Any] = {"name": study_dir.resolve().name, "description": None, "baseline": "random"}
+    meta: dict[str, Any] = {"name": study_dir.resolve().name, "baseline": "random"}
     path = study_dir / "study.yaml"
     if not path.is_file():
         return meta
@@ -135,9 +135,8 @@ def read_study_meta(study_dir: Path) -> dict[str, Any]:
         return meta
     if not isinstance(data, dict):
         return meta
-    report = data.get("report") if isinstance(data.get("report"), dict) else {}
-    for key in ("name", "description", "baseline"):
-        value = report.get(key, data.get(key))
+    for key in ("name", "baseline"):
+        value = data.get(key)
         if isinstance(value, str) and value.strip():
             meta[key] = value.strip()
     return meta
@@ -321,8 +320,6 @@ def build_blocks(study_dir: Path, meta: dict, results: pd.DataFrame, summary: pd
     scale = plots.percent_scale(results["miou"]) if not results.empty else 100.0
     unit = "mIoU in %" if scale == 100 else "mIoU"
     blocks: list[Block] = [Heading(1, f"Encoder study: {meta['name']}")]
-    if meta.get("description"):
-        blocks.append(Para(meta["description"]))
     n_runs = results["run_id"].nunique() if not results.empty else 0
     blocks.append(Para(f"Study directory: {study_dir}. {n_runs} finished runs, {len(failures)} failed, "
                        f"{len(incomplete)} incomplete."))

@@ -10,6 +10,7 @@ from encseg.data.formats.coco_stuff import COCOStuffDataset
 from encseg.data.formats.folder import FolderDataset
 from encseg.data.formats.gta5 import GTA5Dataset
 from encseg.data.formats.voc import VOCDataset
+from encseg.errors import MissingFileError
 
 DATASETS: dict[str, type[SegDataset]] = {
     "ade20k": ADE20KDataset,
@@ -37,7 +38,7 @@ def build_dataset(cfg: DatasetConfig, split: str, transform=None) -> SegDataset:
 
         ensure_synthetic(cfg.root, cfg.synthetic, expected_format=cfg.format)
     if not cfg.root.exists():
-        raise FileNotFoundError(f"dataset root not found: {cfg.root} (format {cfg.format})")
+        raise MissingFileError(f"dataset root not found: {cfg.root} (format {cfg.format})")
     return DATASETS[cfg.format](cfg.root, resolve_split(cfg, split), dict(cfg.options), transform)
 
 

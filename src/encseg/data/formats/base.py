@@ -20,13 +20,15 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
+from encseg.errors import EncsegError, MissingFileError
+
 IGNORE_INDEX = 255
 INVALID = -1  # marks raw values that are neither a class nor ignore in a lookup table
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 INDEX_MODES = ("P", "L", "I", "I;16", "I;16B", "I;16L", "1")  # single-channel modes that hold label indices
 
 
-class DatasetError(ValueError):
+class DatasetError(EncsegError, ValueError):
     """A dataset on disk that cannot be read as declared; the message names the file, key or values."""
 
 
@@ -68,7 +70,7 @@ def read_label_indices(path: Path) -> np.ndarray:
                                    "expected a single-channel label-index PNG (palette or greyscale)")
             return np.asarray(im)
     except FileNotFoundError:
-        raise FileNotFoundError(f"mask file not found: {path}") from None
+        raise MissingFileError(f"mask file not found: {path}") from None
     except DatasetError:
         raise
     except OSError as e:
@@ -84,7 +86,7 @@ def pair_by_stem(img_dir: Path, ann_dir: Path, mask_of: Callable[[Path], Path],
     reading one raises ``FileNotFoundError``); orphans are masks under ``ann_dir`` with no image.
     """
     if not img_dir.is_dir():
-        raise FileNotFoundError(f"image directory not found: {img_dir}")
+        raise MissingFileError(f"image directory not found: {img_dir}")
     images = sorted(p for p in img_dir.rglob("*") if p.suffix.lower() in img_suffixes and p.is_file())
     pairs = [(img, mask_of(img)) for img in images]
     orphans: list[Path] = []
@@ -152,7 +154,7 @@ class SegDataset(Dataset):
             with Image.open(path) as im:
                 return np.array(im.convert("RGB"))
         except FileNotFoundError:
-            raise FileNotFoundError(f"image file not found: {path}") from None
+            raise MissingFileError(f"image file not found: {path}") from None
         except OSError as e:
             raise DatasetError(f"{path}: cannot decode image: {e}") from e
 

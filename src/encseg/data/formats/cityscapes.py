@@ -9,6 +9,7 @@ import numpy as np
 from cityscapesscripts.helpers.labels import labels as _CS_LABELS
 
 from encseg.data.formats.base import IGNORE_INDEX, INVALID, SegDataset, lut_from_pairs
+from encseg.errors import InputError, MissingFileError
 
 # train ids 0..18 in order, with their names and colours, from the official table
 _TRAIN = sorted((lab for lab in _CS_LABELS if 0 <= lab.trainId < IGNORE_INDEX), key=lambda lab: lab.trainId)
@@ -59,11 +60,11 @@ class CityscapesDataset(SegDataset):
         self.check_options(type(self).__name__, options, self.allowed_options)
         self.mask_kind = options.get("mask", "auto")
         if self.mask_kind not in ("auto", "trainids", "labelids"):
-            raise ValueError(f"cityscapes option mask={self.mask_kind!r}: expected auto, trainids or labelids")
+            raise InputError(f"cityscapes option mask={self.mask_kind!r}: expected auto, trainids or labelids")
         root = Path(root)
         img_dir, gt_dir = root / "leftImg8bit" / split, root / "gtFine" / split
         if not img_dir.is_dir():
-            raise FileNotFoundError(f"image directory not found: {img_dir}")
+            raise MissingFileError(f"image directory not found: {img_dir}")
         pairs = [(img, self._mask_for(img, img_dir, gt_dir)) for img in sorted(img_dir.rglob("*_leftImg8bit.png"))]
         expected = {m.name.split("_gtFine_")[0] for _, m in pairs}
         orphans = sorted(p for p in gt_dir.rglob("*_gtFine_label*Ids.png")

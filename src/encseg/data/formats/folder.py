@@ -16,6 +16,7 @@ from encseg.data.formats.base import (
     pair_by_stem,
     voc_palette,
 )
+from encseg.errors import MissingFileError
 
 DESCRIPTOR = "dataset.yaml"
 _KEYS = {"name", "classes", "palette", "ignore_index", "taxonomy", "synthetic"}
@@ -26,7 +27,7 @@ def read_descriptor(root: Path) -> dict[str, Any]:
     (one ``[r, g, b]`` per class), ``ignore_index`` (default 255), ``name``, ``taxonomy``, ``synthetic``."""
     path = Path(root) / DESCRIPTOR
     if not path.is_file():
-        raise FileNotFoundError(f"folder dataset descriptor not found: {path}")
+        raise MissingFileError(f"folder dataset descriptor not found: {path}")
     try:
         desc = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:

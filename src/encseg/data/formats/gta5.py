@@ -15,6 +15,7 @@ from encseg.data.formats.cityscapes import (
     train_id_lut,
     train_to_label_id_lut,
 )
+from encseg.errors import MissingFileError
 
 
 class GTA5Dataset(SegDataset):
@@ -62,7 +63,7 @@ class GTA5Dataset(SegDataset):
             if key not in table:
                 raise DatasetError(f"{mat}: no {key!r} entry (has {sorted(k for k in table if not k.startswith('_'))})")
             return {f"{int(n):05d}" for n in np.asarray(table[key]).ravel()}
-        raise FileNotFoundError(f"gta5 split {split!r}: neither {txt} nor {mat} exists (split 'all' needs neither)")
+        raise MissingFileError(f"gta5 split {split!r}: neither {txt} nor {mat} exists (split 'all' needs neither)")
 
     def mask_lut(self, i: int) -> np.ndarray:
         return self.lut if self.files[i][1].name.endswith("_labelTrainIds.png") else self._label_id_lut

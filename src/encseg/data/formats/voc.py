@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from encseg.data.formats.base import DatasetError, SegDataset, identity_lut, voc_palette
+from encseg.errors import MissingFileError
 
 VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -18,7 +19,7 @@ def find_voc_root(root: Path) -> Path:
     for cand in (root, root / "VOC2012", root / "VOCdevkit" / "VOC2012"):
         if (cand / "JPEGImages").is_dir():
             return cand
-    raise FileNotFoundError(f"no VOC2012 folder (with JPEGImages/) at {root}, {root / 'VOC2012'} "
+    raise MissingFileError(f"no VOC2012 folder (with JPEGImages/) at {root}, {root / 'VOC2012'} "
                             f"or {root / 'VOCdevkit' / 'VOC2012'}")
 
 
@@ -56,7 +57,7 @@ class VOCDataset(SegDataset):
     @staticmethod
     def _ids(path: Path) -> list[str]:
         if not path.is_file():
-            raise FileNotFoundError(f"VOC split list not found: {path}")
+            raise MissingFileError(f"VOC split list not found: {path}")
         ids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
         if not ids:
             raise DatasetError(f"{path}: empty split list")

@@ -16,9 +16,10 @@ from torch import Tensor, nn
 
 from encseg.config import HeadConfig
 from encseg.data.formats.base import IGNORE_INDEX
+from encseg.errors import EncsegError
 
 
-class LabelError(ValueError):
+class LabelError(EncsegError, ValueError):
     """A label map with values outside ``0..num_classes-1`` and 255; the message lists the bad values."""
 
 
