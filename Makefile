@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test test-fast lint bench clean
 
 $(BIN)/encseg: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -n 2 --dist loadfile -q
+
+# the inner loop: everything but the subprocess, multi-process and training-to-convergence tests
+test-fast: setup
+	$(BIN)/python -m pytest -n 2 --dist loadfile -q -m "not slow"
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks

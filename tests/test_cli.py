@@ -100,6 +100,7 @@ def test_inspect_with_an_unknown_encoder_or_timm_kwarg_exits_2(tmp_path, capsys)
     assert "embed_dimm" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_console_script_reports_errors_with_exit_code_2(tmp_path):
     script = Path(sys.executable).with_name("encseg")
     cmd = [str(script)] if script.is_file() else [sys.executable, "-m", "encseg.cli"]

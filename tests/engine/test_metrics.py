@@ -218,6 +218,7 @@ def _ddp_worker(rank: int, world: int, store: str, out: str):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_ddp_gloo_confmat_is_the_sum_over_ranks(tmp_path: Path):
     mp.spawn(_ddp_worker, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2, join=True)
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)

@@ -18,8 +18,11 @@ from _tiny import tiny_config
 
 from encseg.config import ConfigError, load_run_config
 from encseg.data.synthetic import write_synthetic
+from encseg.engine import train as train_mod
+from encseg.engine.loaders import ResumableLoader
 from encseg.engine.rundir import RunDir
-from encseg.engine.train import train
+from encseg.engine.train import ZeroStepsError, train
+from encseg.study.plan import estimate_cost
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +62,7 @@ def test_run_directory_holds_every_file_the_study_needs(synth, tmp_path):
     assert rd.done_path.stat().st_mtime == mtime
 
 
+@pytest.mark.slow
 def test_tiny_model_overfits_eight_images(synth, tmp_path):
     cfg = tiny_config(synth, data={"dataset": {"val_split": "train"}},
                       train={"max_iters": 300, "lr": 2e-3, "val_every": 300})
@@ -94,6 +98,7 @@ def _finish(proc: subprocess.Popen, timeout: float) -> str:
             proc.wait()
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_result(synth, tmp_path):
     cfg = tiny_config(synth, train={"max_iters": 30, "checkpoint_every": 5, "val_every": 15})
     path = tmp_path / "run.yaml"
@@ -156,6 +161,7 @@ def test_nan_loss_stops_with_step_terms_and_files(synth, tmp_path, monkeypatch):
     assert "NonFiniteLossError" in failed.read_text()
 
 
+@pytest.mark.slow
 def test_two_process_ddp_validation_counts_every_image_once(synth, tmp_path):
     """gloo DDP on CPU: the validation confusion matrix (summed over both ranks, 5 images split 3 + 2) equals
     a single-process evaluation of the same final weights on the same images."""
@@ -170,3 +176,47 @@ def test_two_process_ddp_validation_counts_every_image_once(synth, tmp_path):
     single_cm = np.load(rd.confusion_npy("synth"))
     assert ddp_cm.sum() == single_cm.sum() == 5 * 64 * 64
     np.testing.assert_array_equal(ddp_cm, single_cm)
+
+
+@pytest.mark.slow
+def test_planner_counts_the_steps_a_run_trains_with_accumulation(synth, tmp_path):
+    """8 images at batch 1 with accumulate 3: batches 3 + 3 + 2 make 3 optimiser steps per epoch."""
+    cfg = tiny_config(synth, data={"batch_size": 1},
+                      train={"budget": "epochs", "max_epochs": 2, "accumulate": 3, "val_every": 1})
+    planned = estimate_cost([load_run_config(data=cfg)]).cells[0].iterations
+    rd = RunDir(_run(cfg, tmp_path))
+    summary = json.loads(rd.summary_path.read_text())
+    assert planned == summary["steps"] == 6
+    assert summary["epochs"] == 2
+    hist = pd.read_csv(rd.history_path)
+    assert list(hist.dropna(subset=["val_miou"])["step"]) == [3, 6]
+
+
+@pytest.mark.slow
+def test_two_processes_train_what_the_planner_counts_when_a_rank_holds_less_than_a_batch(synth, tmp_path):
+    """8 images over 2 processes at batch 5: each rank holds 4 images. Deciding drop_last on the whole dataset
+    (8 >= 5) left every rank without a batch, and the untrained model was scored and marked DONE."""
+    cfg = tiny_config(synth, data={"batch_size": 5},
+                      train={"devices": 2, "accelerator": "cpu", "budget": "epochs", "max_epochs": 2,
+                             "accumulate": 2, "val_every": 1})
+    planned = estimate_cost([load_run_config(data=cfg)]).cells[0].iterations
+    path = tmp_path / "ddp.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = _cli(path, tmp_path / "runs")
+    out = _finish(proc, 400)
+    assert proc.returncode == 0, out[-4000:]
+    rd = RunDir(next(p for p in (tmp_path / "runs").iterdir() if (p / "DONE").is_file()))
+    assert planned == json.loads(rd.summary_path.read_text())["steps"] == 2
+
+
+def test_a_run_that_makes_no_optimiser_step_fails_and_says_why(synth, tmp_path, monkeypatch):
+    def no_batches(ds, data, seed, rank, world):
+        return ResumableLoader([], batch_size=data.batch_size)
+
+    monkeypatch.setattr(train_mod, "train_loader", no_batches)
+    with pytest.raises(ZeroStepsError, match="0 optimiser steps"):
+        _run(tiny_config(synth), tmp_path)
+    rd = RunDir(next(tmp_path.iterdir()))
+    assert rd.state() == "failed" and not rd.summary_path.exists()
+    line = rd.failure_line()
+    assert "ZeroStepsError" in line and "8 training image(s)" in line and "batch_size 4" in line

@@ -149,6 +149,7 @@ def _num_masks_worker(rank, world, init_file, counts, result_file):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_num_masks_is_the_global_average_across_processes(tmp_path):
     counts = [[3, 2], [1, 0]]  # rank 0 holds 5 masks, rank 1 holds 1: the official normaliser is 6 / 2 = 3
     mp.spawn(_num_masks_worker, args=(2, str(tmp_path / "init"), counts, str(tmp_path / "n")), nprocs=2)

@@ -97,6 +97,7 @@ run_study(sys.argv[1], train_fn=fake_train)
 """
 
 
+@pytest.mark.slow
 def test_kill_and_restart_finishes_without_redoing_or_losing_results(tmp_path, fake_env, monkeypatch):
     path = _write_study(tmp_path, fractions=[0.5, 1.0], seeds=[0, 1, 2])  # 12 cells
     monkeypatch.setenv("FAKE_TRAIN_SLEEP", "0.3")
@@ -140,6 +141,7 @@ def test_kill_and_restart_finishes_without_redoing_or_losing_results(tmp_path, f
     assert all(c <= 2 for c in starts.values())
 
 
+@pytest.mark.slow
 def test_parallel_jobs_share_out_gpus_round_robin(tmp_path, fake_env, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
     monkeypatch.setenv("FAKE_TRAIN_SLEEP", "0.5")
@@ -153,6 +155,7 @@ def test_parallel_jobs_share_out_gpus_round_robin(tmp_path, fake_env, monkeypatc
     assert sum(e[0] == "start" for e in events[:first_end]) == 2
 
 
+@pytest.mark.slow
 def test_submitit_local_array_runs_cells_and_records_job_ids(tmp_path, fake_env, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     path = _write_study(tmp_path, fractions=[1.0], seeds=[0])
