@@ -35,6 +35,11 @@ def _data(root: Path, **kw) -> DataConfig:
     return DataConfig.model_validate({**base, **kw})
 
 
+def _plain(batch_size: int) -> DataConfig:
+    return DataConfig.model_validate({"dataset": {"name": "x", "root": "/nonexistent"}, "batch_size": batch_size,
+                                      "num_workers": 0})
+
+
 class _Indices(torch.utils.data.Dataset):
     """Yields its index, so a loader's batches show which samples it drew."""
 
@@ -86,7 +91,7 @@ def test_train_order_is_a_function_of_seed_and_epoch():
 @pytest.mark.parametrize("batch_size", [1, 2, 4, 5])
 @pytest.mark.parametrize("world", [1, 2, 3])
 def test_every_rank_loader_has_the_scheduled_number_of_batches(n, batch_size, world):
-    data = DataConfig.model_validate({"dataset": {"name": "x", "root": "/nonexistent"}, "batch_size": batch_size})
+    data = _plain(batch_size)
     for rank in range(world):
         loader = train_loader(_Indices(n), data, seed=0, rank=rank, world_size=world)
         assert len(loader) == len(list(loader)) == batches_per_epoch(n, batch_size, world) >= 1
@@ -144,7 +149,7 @@ def test_augmentation_is_a_function_of_seed_epoch_and_index(synth):
 @pytest.mark.parametrize("global_step", [1, 4, 5, 7])
 def test_a_resumed_loader_yields_the_rest_of_the_interrupted_epoch(accumulate, global_step):
     """10 images, batch 2: 5 batches per epoch; with accumulate 2 or 3 the epoch ends on a short accumulation."""
-    data = DataConfig.model_validate({"dataset": {"name": "x", "root": "/nonexistent"}, "batch_size": 2})
+    data = _plain(2)
     per_epoch = steps_per_epoch(10, 2, 1, accumulate)
     epoch, step_in_epoch = divmod(global_step, per_epoch)
 

@@ -14,6 +14,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from encseg.atomic import atomic_write_json, read_json
 from encseg.engine.rundir import RunDir, now_iso
 
@@ -52,10 +54,6 @@ def git_commit(path: str | Path | None = None) -> dict[str, Any] | None:
 
 
 def _cuda_info() -> dict[str, Any]:
-    try:
-        import torch
-    except ImportError:
-        return {"available": False, "version": None, "gpu_count": 0, "gpu_names": []}
     available = torch.cuda.is_available()
     count = torch.cuda.device_count() if available else 0
     return {

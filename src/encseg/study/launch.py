@@ -152,10 +152,8 @@ def _visible_gpus() -> list[str]:
     env = os.environ.get("CUDA_VISIBLE_DEVICES")
     if env is not None:
         return [g.strip() for g in env.split(",") if g.strip()]
-    try:
-        import torch
-    except ImportError:
-        return []
+    import torch  # only when CUDA_VISIBLE_DEVICES is unset: the launcher itself does not need torch
+
     return [str(i) for i in range(torch.cuda.device_count())]
 
 
