@@ -101,7 +101,7 @@ def finalize_run(cfg: RunConfig, rd: RunDir, trainer, module, history, classes: 
     summary = {
         "run_id": rd.path.name, "encoder": cfg.tags.get("encoder", cfg.model.encoder.name),
         "encoder_name": cfg.model.encoder.name, "encoder_weights": cfg.model.encoder.weights,
-        "regime": cfg.model.regime.mode, "head": cfg.model.head.type,
+        "regime": cfg.model.regime.label, "head": cfg.model.head.type,
         "train_dataset": name, "fraction": cfg.data.fraction, "seed": cfg.seed, "subset_seed": cfg.data.subset_seed,
         "num_train_images": n_images, "steps": step, "epochs": step / max(1, history.steps_per_epoch),
         "train_time_s": train_time, "wall_time_s": time.time() - t0, "exported_weights": weights,
