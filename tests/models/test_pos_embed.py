@@ -125,3 +125,11 @@ def test_random_init_builds_for_the_padded_crop():
     assert tuple(enc.vit.patch_embed.grid_size) == (37, 37)
     enc = build_encoder(EncoderConfig(name="random_vitb14", weights="none", img_size=224, timm_kwargs=TINY), 512)
     assert enc.pos_size == 224
+
+
+def test_inspect_uses_the_checkpoint_grid(tmp_path):
+    from encseg.models.inspect import inspect_encoder
+
+    name, _, path, kw = _release(tmp_path, "dinov2")
+    rec = inspect_encoder(name, weights=str(path), out=tmp_path / "o", size=512, timm_kwargs=kw)
+    assert rec["pos_embed_size"] == 518 and rec["taps"][0][-2:] == [37, 37]

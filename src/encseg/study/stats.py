@@ -213,7 +213,9 @@ def summarize(results: pd.DataFrame, baseline: str = "random", baseline_regime: 
     """One row per (encoder, regime, train_dataset, eval_dataset, fraction) over seeds; ``SUMMARY_COLUMNS``.
 
     The gain columns compare each cell with the ``baseline`` encoder in ``baseline_regime`` at the same
-    train dataset, eval dataset and fraction, paired on (seed, subset_seed); the bootstrap columns are filled
+    train dataset, eval dataset and fraction, paired on (seed, subset_seed), and ``baseline_miou_mean/std``
+    describe those same paired baseline runs (so mean - baseline mean = gain when every seed pairs); the
+    bootstrap columns are filled
     when ``per_image`` (``aggregate.collect_per_image``) has scores for every paired run.
     """
     missing = [c for c in [*GROUP_COLUMNS, *PAIR_COLUMNS, "run_id", "miou"] if c not in results.columns]
