@@ -9,9 +9,11 @@ Printed: max abs difference per default tap (blocks at depth 0.25/0.5/0.75/1.0) 
 Then the interpolation rule itself: DINOv2's ``interpolate_pos_encoding`` (bicubic, ``scale_factor =
 (g + 0.1) / 37``, no antialias) against timm's ``resample_abs_pos_embed`` (bicubic to ``size = g``, antialias)
 on a 37 x 37 table, at 448 (grid 32, a downsample) and at 672 / 1022 (grid 48 / 73, upsamples), for a noise
-table and for a smooth 2-D sin-cos table (a trained table is smooth, so the second is the realistic one).
+table and for a smooth 2-D sin-cos table (a trained table is smooth, so the second is the realistic one); and
+MAE's ``interpolate_pos_embed`` (bicubic, exact size, no antialias) against timm's on a 14 x 14 table.
 
-    PYTHONPATH=src python benchmarks/pos_embed_fidelity.py          # this checkout
+    PYTHONPATH=src python benchmarks/pos_embed_fidelity.py          # this checkout (~10 min on 2 busy CPUs)
+    PYTHONPATH=src python benchmarks/pos_embed_fidelity.py --rules-only   # the interpolation rules only
     PYTHONPATH=/path/to/old/src python benchmarks/pos_embed_fidelity.py  # another checkout, same numbers
 """
 
@@ -100,10 +102,45 @@ def interpolation_rules() -> None:
             theirs = dinov2_resample(pos, g)
             print(f"pos-embed 37x37 -> {g}x{g} ({size} px), {label}: max |timm - DINOv2| "
                   f"{(ours - theirs).abs().max().item():.4f} (table max |x| {pos.abs().max().item():.3f})")
+    # MAE's (and DeiT's) interpolate_pos_embed: bicubic to the exact size, no antialias; timm's antialiased
+    # bicubic uses another kernel (Pillow's a = -0.5 instead of -0.75), which shows even when upsampling
+    pos = sincos_table(14, d)
+    for size in (512, 768):
+        g = size // 16
+        ours = resample_abs_pos_embed(pos, new_size=(g, g), old_size=(14, 14), num_prefix_tokens=0)
+        grid = pos.reshape(1, 14, 14, d).permute(0, 3, 1, 2)
+        theirs = F.interpolate(grid, size=(g, g), mode="bicubic", align_corners=False)
+        theirs = theirs.permute(0, 2, 3, 1).reshape(1, g * g, d)
+        print(f"pos-embed 14x14 -> {g}x{g} ({size} px), smooth sin-cos: max |timm - MAE| "
+              f"{(ours - theirs).abs().max().item():.4f} (table max |x| 1.000)")
+
+
+def dinov2_rule_features(size: int = 448) -> None:
+    """The same random DINOv2 ViT-B/14 at ``size`` with its table resampled by timm's rule and by DINOv2's."""
+    native = randomize(timm.create_model("vit_base_patch14_dinov2", pretrained=False, num_classes=0, img_size=518))
+    pos = native.pos_embed.detach()
+    g = size // 14
+    tables = {"timm": resample_abs_pos_embed(pos, new_size=(g, g), old_size=(37, 37), num_prefix_tokens=1),
+              "dinov2": torch.cat([pos[:, :1], dinov2_resample(pos[:, 1:], g)], dim=1)}
+    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(3))
+    taps = {}
+    for rule, table in tables.items():
+        vit = timm.create_model("vit_base_patch14_dinov2", pretrained=False, num_classes=0, img_size=size)
+        sd = {**native.state_dict(), "pos_embed": table}
+        vit.load_state_dict(sd)
+        taps[rule] = taps_of(vit.eval(), x, [2, 5, 8, 11])
+    diffs = [f"{(a - b).abs().max().item():.4f}" for a, b in zip(taps["timm"], taps["dinov2"], strict=True)]
+    mean = sum(t.abs().mean().item() for t in taps["dinov2"]) / 4
+    print(f"DINOv2 ViT-B/14 at {size} px (random weights): timm's vs DINOv2's resampling rule, max |diff| per tap "
+          f"{' / '.join(diffs)}; mean |feature| {mean:.2f}")
 
 
 def main() -> None:
     torch.manual_seed(0)
+    if "--rules-only" in sys.argv:
+        interpolation_rules()
+        dinov2_rule_features()
+        return
     with tempfile.TemporaryDirectory() as tmp:
         compare("DINOv2 ViT-B/14 (release .pth)", "dinov2_vitb14", "vit_base_patch14_dinov2", 518,
                 Path(tmp) / "dinov2_vitb14_pretrain.pth", 512)
@@ -111,6 +148,7 @@ def main() -> None:
             compare("CLIP ViT-L/14 (timm .safetensors)", "clip_openai_vitl14", "vit_large_patch14_clip_quickgelu_224",
                     224, Path(tmp) / "clip_vitl14.safetensors", 512)
     interpolation_rules()
+    dinov2_rule_features()
 
 
 if __name__ == "__main__":

@@ -18,10 +18,11 @@ Conventions
 - The interpolation rule is timm's ``resample_abs_pos_embed``: bicubic, ``align_corners=False``, output size
   given exactly, antialias on (it only acts when shrinking the grid); class/register positions untouched. The
   release code differs at a non-native size: DINOv2's ``interpolate_pos_encoding`` calls bicubic with
-  ``scale_factor=(g + 0.1) / M`` and no antialias, OpenCLIP's ``resize_pos_embed`` matches timm, EVA02 adds a
-  RoPE that timm recomputes for the grid (as EVA02 does), SAM resamples its absolute table and relative-position
-  tables per input (timm's SAM port). ``benchmarks/pos_embed_fidelity.py`` measures the DINOv2 difference;
-  docs/architecture.md lists the numbers.
+  ``scale_factor=(g + 0.1) / M`` and no antialias (up to 0.13 apart on a smooth table at 448 px), MAE's and
+  DeiT's ``interpolate_pos_embed`` use bicubic without antialias (0.05 apart: another cubic kernel), OpenCLIP's
+  ``resize_pos_embed`` is timm's rule, EVA02 adds a RoPE that timm recomputes for the grid, and OpenAI CLIP and
+  SAM's release code only run at the native size (timm's SAM resamples its absolute and relative-position tables
+  per input). ``benchmarks/pos_embed_fidelity.py`` measures these; docs/recipes.md section 3 lists the numbers.
 - ``Encoder.forward`` returns one ``(B, D, ceil(H/p), ceil(W/p))`` map per tap: block outputs without the final
   norm and without prefix tokens (class, registers). Inputs whose size is not a multiple of the patch are padded
   with zeros at the bottom/right first (the same padding as timm's ``dynamic_img_pad``; after normalisation zero
