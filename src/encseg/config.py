@@ -82,7 +82,9 @@ class EncoderConfig(Strict):
     weights: str | None = None  # None: the entry's default; "hub"; "none" (random init); or a local file path
     ignore_prefixes: list[str] = Field(default_factory=list)  # checkpoint keys allowed to be left unused
     taps: list[float] = Field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0])  # depth fractions (<=1) or block indices
-    img_size: int | None = None  # size the positional embedding is built for; None: the data crop size
+    # input size of the positional table for a random init (None: the padded crop); with a checkpoint it must be
+    # None or the checkpoint's own size (see models/encoders.py: resampled at most once)
+    img_size: int | None = None
     drop_path_rate: float = Field(0.0, ge=0.0, lt=1.0)
     timm_kwargs: dict[str, Any] = Field(default_factory=dict)  # e.g. depth/embed_dim for tiny test encoders
 
@@ -130,6 +132,16 @@ class RegimeConfig(Strict):
         if self.mode == "last_n" and self.last_n < 1:
             raise ValueError("model.regime.last_n must be >= 1 when mode is 'last_n'")
         return self
+
+    @property
+    def label(self) -> str:
+        return regime_label(self.mode, self.last_n)
+
+
+def regime_label(mode: str, last_n: int = 0) -> str:
+    """The regime as results, summaries, plots and run ids name it: ``frozen``, ``finetune`` or ``last<N>``,
+    so that runs training different depths are never merged into one ``last_n`` row."""
+    return f"last{last_n}" if mode == "last_n" else mode
 
 
 class ModelConfig(Strict):

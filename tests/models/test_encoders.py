@@ -15,6 +15,7 @@ from encseg.models.encoders import (
     get_spec,
     list_encoders,
     print_encoder_table,
+    register_encoder,
     resolve_taps,
 )
 
@@ -108,7 +109,7 @@ def test_layer_ids_and_pruning():
     assert enc.layer_id("vit.norm.weight") == enc.layer_id("vit.head.weight") == 5
 
 
-def test_img_size_sets_pos_embed_grid():
+def test_img_size_sets_pos_embed_grid_of_a_random_init():
     enc = build_encoder(EncoderConfig(name="mae_vitb16", weights="none", timm_kwargs=TINY), 96)
     assert enc.vit.pos_embed.shape[1] == 1 + 6 * 6
     enc = build_encoder(EncoderConfig(name="mae_vitb16", weights="none", img_size=64, timm_kwargs=TINY), 96)
@@ -138,22 +139,37 @@ def test_escape_hatch_any_timm_vit():
     assert [tuple(t.shape) for t in enc(torch.randn(1, 3, 64, 64))] == [(1, 64, 8, 8)] * 4
 
 
-def test_registry_matches_timm():
-    """Every arch.tag exists in timm, and the entry's patch/width/depth/mean/std are timm's."""
+def test_zoo_entries_resolve_in_timm():
+    """Every entry names a timm architecture and tag that exist; shapes and mean/std are timm's own."""
     pretrained = set(timm.list_models(pretrained=True))
     for name in list_encoders():
         spec = get_spec(name)
-        if spec.hub_tag is not None:
-            assert spec.pretrained_name in pretrained, name
-            cfg = timm.models.get_pretrained_cfg(spec.pretrained_name)
-            assert spec.mean == pytest.approx(cfg.mean) and spec.std == pytest.approx(cfg.std), name
-        with torch.device("meta"):
-            vit = timm.create_model(spec.arch, num_classes=0)
-        assert (spec.patch, spec.embed_dim, spec.depth) == (vit.patch_embed.patch_size[0], vit.embed_dim,
-                                                            len(vit.blocks)), name
+        if spec.family == "random":
+            assert spec.hub_tag is None and spec.default_weights == "none" and spec.native_size is None, name
+        else:
+            assert spec.pretrained_name in pretrained and spec.default_weights == "hub", name
+            assert spec.native_size == timm.models.get_pretrained_cfg(spec.pretrained_name).input_size[-1], name
     assert get_spec("siglip_vitb16").pretrained_name.endswith(".webli")
     assert get_spec("siglip2_vitb16").pretrained_name.endswith(".v2_webli")
     assert "quickgelu" in get_spec("clip_openai_vitb16").arch
+    assert get_spec("clip_laion_vitl14").norm_name == "0.5/0.5"  # from timm's pretrained_cfg, not a table
+
+
+def test_register_encoder_by_keyword(monkeypatch):
+    import encseg.models.encoders as encoders
+
+    monkeypatch.setattr(encoders, "_ZOO", dict(encoders._ZOO))  # the entry must not leak into other tests
+    register_encoder("test_vit_tiny_in21k", model="vit_tiny_patch16_224.augreg_in21k", family="mine",
+                     notes="user entry")
+    spec = get_spec("test_vit_tiny_in21k")
+    assert (spec.patch, spec.embed_dim, spec.depth, spec.native_size) == (16, 192, 12, 224)
+    assert spec.family == "mine" and "test_vit_tiny_in21k" in list_encoders("mine")
+    with pytest.raises(ValueError, match="already registered"):
+        register_encoder("test_vit_tiny_in21k", model="vit_tiny_patch16_224", family="mine", norm="imagenet")
+    with pytest.raises(ValueError, match="norm"):
+        register_encoder("test_untagged", model="vit_tiny_patch16_224", family="mine")  # no tag, no norm
+    with pytest.raises(ValueError, match="formats"):
+        register_encoder("test_badfmt", model="vit_tiny_patch16_224.augreg_in21k", family="m", formats=("zip",))
 
 
 def test_encoder_table(capsys):
@@ -167,4 +183,4 @@ def test_encoder_table(capsys):
     print_encoder_table(params=True)
     out = capsys.readouterr().out
     row = next(line for line in out.splitlines() if line.startswith("dinov2_vitb14 "))
-    assert "86.6M" in row and "imagenet" in row and "dinov2,timm" in row
+    assert "86.6M" in row and "imagenet" in row and "dinov2,timm" in row and " 518 " in row

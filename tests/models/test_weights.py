@@ -111,12 +111,13 @@ def test_dinov2_release_layout(tmp_path, name, arch, kw):
     _assert_same(enc(x), _ref_taps(ref, x, [0, 2]))
 
 
-def test_pos_embed_is_resampled_once_at_load(tmp_path):
-    """A checkpoint made at 56 px, built for 70 px: same features as timm resampling on the fly."""
+def test_pos_embed_keeps_the_checkpoint_grid(tmp_path):
+    """A checkpoint made at 56 px, trained at a 70 px crop: the table stays 4 x 4 and each input resamples it
+    once, exactly as timm resampling the release table on the fly."""
     ref = timm_reference("vit_small_patch14_dinov2", img_size=56, dynamic_img_size=True, **TINY)
     torch.save(to_dinov2(ref.state_dict()), tmp_path / "d.pth")
     enc = _encoder("dinov2_vits14", tmp_path / "d.pth", [2], 70)
-    assert enc.vit.pos_embed.shape[1] == 1 + 5 * 5
+    assert enc.vit.pos_embed.shape[1] == 1 + 4 * 4 and enc.pos_size == 56
     x = torch.randn(1, 3, 70, 70)
     _assert_same(enc(x), _ref_taps(ref, x, [2]))
 

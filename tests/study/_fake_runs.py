@@ -71,7 +71,7 @@ class FakeEval:
 def default_summary(cfg: RunConfig, rid: str, **overrides) -> dict:
     summary = {
         "run_id": rid, "encoder": cfg.tags.get("encoder"), "encoder_name": cfg.model.encoder.name,
-        "regime": cfg.model.regime.mode, "train_dataset": cfg.data.dataset.display_name,
+        "regime": cfg.model.regime.label, "train_dataset": cfg.data.dataset.display_name,
         "fraction": cfg.data.fraction, "seed": cfg.seed, "subset_seed": cfg.data.subset_seed, "steps": 100,
         "train_time_s": 60.0, "epochs_to_converge": 5.0, "steps_to_converge": 50, "time_to_converge_s": 30.0,
         "params_total": 5_000_000, "params_trainable": 5_000_000, "params_encoder": 3_000_000,

@@ -155,7 +155,9 @@ def test_summarize_means_cis_and_paired_gain():
     t = 0.11 / (sd / math.sqrt(2))
     # df = 1: two-sided p = 1 - 2 atan(|t|) / pi
     assert small["gain_p_ttest"] == pytest.approx(1 - 2 * math.atan(t) / math.pi)
-    assert small["baseline_miou_mean"] == pytest.approx(0.52)  # the baseline over all its seeds
+    # the baseline columns describe the paired runs (seeds 0 and 1), not all three baseline seeds
+    assert small["baseline_miou_mean"] == pytest.approx(0.52)
+    assert small["baseline_miou_std"] == pytest.approx(math.sqrt(0.0008))
 
     full = s.loc[("pre", 1.0)]  # differences 0.03, 0.02, 0.05
     d = [0.03, 0.02, 0.05]
@@ -164,6 +166,17 @@ def test_summarize_means_cis_and_paired_gain():
     assert full["gain_miou"] == pytest.approx(mean)
     assert full["gain_p_ttest"] == pytest.approx(_p_two_sided_df2(mean / (sd3 / math.sqrt(3))), rel=1e-6)
     assert math.isnan(full["gain_boot_low"])  # no per-image scores given
+
+
+def test_baseline_columns_describe_the_runs_the_gain_pairs_with():
+    """The baseline has a third seed the encoder lacks: mean - baseline mean must still equal the gain."""
+    table = _table()
+    table.loc[(table["encoder"] == "random") & (table["fraction"] == 0.1) & (table["seed"] == 2), "miou"] = 0.90
+    s = summarize(table, baseline="random").set_index(["encoder", "fraction"])
+    row = s.loc[("pre", 0.1)]
+    assert row["gain_n"] == 2 and row["baseline_miou_mean"] == pytest.approx(0.52)
+    assert row["miou_mean"] - row["baseline_miou_mean"] == pytest.approx(row["gain_miou"])
+    assert s.loc[("random", 0.1), "baseline_miou_mean"] == pytest.approx((0.50 + 0.54 + 0.90) / 3)  # itself
 
 
 def test_summarize_bootstrap_and_missing_baseline():

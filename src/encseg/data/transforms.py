@@ -1,9 +1,11 @@
 """Joint image + mask transforms (torchvision.transforms.v2 functionals) on the dataset's sample dict.
 
-Every random draw uses torch's global RNG (``torch.rand``/``torch.randint``), so a pipeline is reproducible
-given torch's RNG state; the training engine seeds each worker. Masks are always resized with nearest
-neighbour and padded with 255 (ignore); images are padded with 0. Outputs: ``image`` float32 ``(3, H, W)``
-normalised with the *encoder's* mean/std (0-1 range, timm's convention), ``mask`` int64 ``(H, W)``.
+Every random draw uses the generator installed by ``drawing_from(generator)`` (torch's global CPU RNG when
+none is), so a pipeline is reproducible given that generator; the training engine gives each sample its own
+seeded generator and never touches a device's global RNG. Masks are always resized with nearest neighbour.
+Padding has one rule for training and inference (mmsegmentation's): it comes after normalisation, image 0 (the
+mean colour) and mask 255 (ignore); ``Segmenter`` pads inference inputs the same way. Outputs: ``image`` float32
+``(3, H, W)`` normalised with the *encoder's* mean/std (0-1 range, timm's convention), ``mask`` int64 ``(H, W)``.
 
 Train pipeline (mmsegmentation's ADE20K recipe):
 1. ``RandomResize``: mmseg ``RandomResize(scale=(4*base, base), ratio_range=scale_range, keep_ratio=True)``:
@@ -16,7 +18,7 @@ Train pipeline (mmsegmentation's ADE20K recipe):
 4. ``PhotoMetricDistortion`` (mmseg): brightness +-32 (p=0.5); contrast x U(0.5, 1.5) (p=0.5) before or after
    (p=0.5 each) saturation x U(0.5, 1.5) in HSV (p=0.5) and hue +-18/180 of the circle (p=0.5); values
    clipped to [0, 255] after each step.
-5. Pad bottom/right to ``crop_size``.
+5. Normalise, then pad bottom/right to ``crop_size`` (image 0, mask 255).
 
 Eval pipeline: resize so that the short side is ``eval_size`` (long side capped at ``4*eval_size``, mmseg's
 ``(2048, 512)`` test scale), or keep the original size when ``eval_size`` is None. The mask follows the image
@@ -25,10 +27,13 @@ Eval pipeline: resize so that the short side is ``eval_size`` (long side capped 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import torch
+import torch.nn.functional as nnf
 import torchvision.transforms.v2.functional as F
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import Compose
@@ -38,14 +43,35 @@ from encseg.data.formats.base import IGNORE_INDEX
 from encseg.errors import InputError
 
 Sample = dict[str, Any]
+IMAGE_PAD = 0.0  # after normalisation: the mean colour
+
+_GENERATOR: ContextVar[torch.Generator | None] = ContextVar("encseg_augment_generator", default=None)
+
+
+@contextmanager
+def drawing_from(generator: torch.Generator) -> Iterator[None]:
+    """Make every random draw of these transforms (in this thread/context) come from ``generator``."""
+    token = _GENERATOR.set(generator)
+    try:
+        yield
+    finally:
+        _GENERATOR.reset(token)
+
+
+def _rand() -> float:
+    return float(torch.rand((), generator=_GENERATOR.get()))
+
+
+def _randint(low: int, high: int) -> int:
+    return int(torch.randint(low, high, (), generator=_GENERATOR.get()).item())
 
 
 def _uniform(lo: float, hi: float) -> float:
-    return lo + (hi - lo) * float(torch.rand(()))
+    return lo + (hi - lo) * _rand()
 
 
 def _coin() -> bool:
-    return bool(torch.randint(0, 2, ()).item())
+    return bool(_randint(0, 2))
 
 
 def _resize(sample: Sample, size: tuple[int, int], mask_too: bool = True) -> Sample:
@@ -80,8 +106,8 @@ class RandomCrop:
 
     def _box(self, h: int, w: int) -> tuple[int, int, int, int]:
         ch, cw = min(self.crop_size, h), min(self.crop_size, w)
-        top = int(torch.randint(0, h - ch + 1, ()).item())
-        left = int(torch.randint(0, w - cw + 1, ()).item())
+        top = _randint(0, h - ch + 1)
+        left = _randint(0, w - cw + 1)
         return top, left, ch, cw
 
     def _acceptable(self, mask: torch.Tensor) -> bool:
@@ -108,7 +134,7 @@ class RandomHorizontalFlip:
         self.p = p
 
     def __call__(self, sample: Sample) -> Sample:
-        if float(torch.rand(())) < self.p:
+        if _rand() < self.p:
             return {**sample, "image": F.horizontal_flip(sample["image"]), "mask": F.horizontal_flip(sample["mask"])}
         return sample
 
@@ -144,7 +170,7 @@ class PhotoMetricDistortion:
         if _coin():
             img = self.scale_saturation(img, _uniform(*self.saturation_range)).clamp(0, 255)
         if _coin():
-            delta = int(torch.randint(-self.hue_delta, self.hue_delta + 1, ()).item())
+            delta = _randint(-self.hue_delta, self.hue_delta + 1)
             img = (F.adjust_hue(img / 255, delta / 180) * 255).clamp(0, 255)
         if not contrast_first:
             img = self._contrast(img)
@@ -152,6 +178,8 @@ class PhotoMetricDistortion:
 
 
 class PadTo:
+    """Pad bottom/right to ``size``: image with ``IMAGE_PAD`` (run after ``Normalize``), mask with 255."""
+
     def __init__(self, size: int, ignore_index: int = IGNORE_INDEX):
         self.size, self.ignore_index = size, ignore_index
 
@@ -160,8 +188,8 @@ class PadTo:
         ph, pw = max(self.size - h, 0), max(self.size - w, 0)
         if not (ph or pw):
             return sample
-        return {**sample, "image": F.pad(sample["image"], [0, 0, pw, ph], fill=0),
-                "mask": F.pad(sample["mask"], [0, 0, pw, ph], fill=self.ignore_index)}
+        return {**sample, "image": nnf.pad(sample["image"], (0, pw, 0, ph), value=IMAGE_PAD),
+                "mask": nnf.pad(sample["mask"], (0, pw, 0, ph), value=self.ignore_index)}
 
 
 class ResizeShortSide:
@@ -194,7 +222,7 @@ def train_transforms(data: DataConfig, mean: Sequence[float], std: Sequence[floa
         steps.append(RandomHorizontalFlip())
     if data.photometric:
         steps.append(PhotoMetricDistortion())
-    steps += [PadTo(data.crop_size), Normalize(mean, std)]
+    steps += [Normalize(mean, std), PadTo(data.crop_size)]
     return Compose(steps)
 
 

@@ -146,7 +146,7 @@ def run_summary(cfg: RunConfig, rd: RunDir, step: int, steps_per_epoch: int, tim
     return {
         "run_id": rd.path.name, "encoder": cfg.tags.get("encoder", cfg.model.encoder.name),
         "encoder_name": cfg.model.encoder.name, "encoder_weights": cfg.model.encoder.weights,
-        "regime": cfg.model.regime.mode, "head": cfg.model.head.type,
+        "regime": cfg.model.regime.label, "head": cfg.model.head.type,
         "train_dataset": cfg.data.dataset.display_name, "fraction": cfg.data.fraction, "seed": cfg.seed,
         "subset_seed": cfg.data.subset_seed, "num_train_images": n_images, "steps": step,
         "epochs": step / max(1, steps_per_epoch), **times, "exported_weights": weights,

@@ -17,7 +17,7 @@ from encseg.config import DataConfig, DatasetConfig
 from encseg.data.formats import build_dataset
 from encseg.data.formats.base import DatasetError
 from encseg.data.subsets import subset_indices
-from encseg.data.transforms import eval_transforms, train_transforms
+from encseg.data.transforms import drawing_from, eval_transforms, train_transforms
 from encseg.engine.schedule import drop_last, samples_per_rank
 from encseg.errors import InputError
 
@@ -87,10 +87,11 @@ class ResumableLoader(DataLoader):
 
 
 class SeededAugment(Dataset):
-    """Applies the train transforms with torch's RNG seeded from (seed, epoch, index).
+    """Applies the train transforms drawing from their own generator, seeded from (seed, epoch, index).
 
     Augmentation then does not depend on worker count, rank, or process history, which is what makes a
-    resumed run and a multi-worker run reproduce an uninterrupted single-worker one.
+    resumed run and a multi-worker run reproduce an uninterrupted single-worker one; and no device's global
+    generator is read or reseeded (with ``num_workers=0`` they are the model's: Mask2Former's point sampling).
     """
 
     def __init__(self, dataset, transform, seed: int):
@@ -102,8 +103,8 @@ class SeededAugment(Dataset):
     def __getitem__(self, k: int) -> dict:
         epoch, i = divmod(int(k), len(self.dataset))
         sample = self.dataset[i]
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + i)
+        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + i)
+        with drawing_from(generator):
             return self.transform(sample)
 
 

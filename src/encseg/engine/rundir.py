@@ -60,11 +60,10 @@ def run_id(cfg: RunConfig) -> str:
         if _SAFE.search(cfg.name) or cfg.name in (".", ".."):
             raise ConfigError(f"name {cfg.name!r}: a run name may only use the characters [A-Za-z0-9_.-]")
         return cfg.name
-    regime = cfg.model.regime
     parts = [
         cfg.data.dataset.display_name,
         cfg.tags.get("encoder") or cfg.model.encoder.name,
-        f"last{regime.last_n}" if regime.mode == "last_n" else regime.mode,
+        cfg.model.regime.label,
     ]
     if cfg.model.head.type != "mask2former":
         parts.append(cfg.model.head.type)

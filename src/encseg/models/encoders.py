@@ -1,10 +1,28 @@
-"""The encoder zoo: a table of named timm ViTs, and ``Encoder``, the module that taps their blocks.
+"""The encoder zoo: named timm ViTs declared by keyword, and ``Encoder``, the module that taps their blocks.
 
 Conventions
-- An entry (``EncoderSpec``) owns everything that depends on the pretraining: the timm architecture and hub tag,
-  patch size, width, depth, and the mean/std images must be normalised with. Datasets never set these.
+- A zoo entry (``_cfg``) writes down only what timm does not know: the timm ``arch.tag``, the family, the local
+  checkpoint layouts it accepts, notes, and (only for random-init entries, which have no pretrained_cfg) the name
+  of the mean/std to normalise with. Patch size, width and depth are read from the timm model, mean/std and
+  the native input size from timm's ``pretrained_cfg`` (``get_spec`` derives them on the meta device, cached).
+  Datasets never set any of these.
 - Any other timm ViT architecture name (``vit_*``, ``eva*``, ``samvit_*``, ``deit*``, optionally with a
-  ``.tag``) is accepted as an escape hatch; its mean/std come from timm's ``pretrained_cfg``.
+  ``.tag``) is accepted as an escape hatch, derived the same way.
+- Positional embeddings are resampled at most once between the checkpoint and the input. The encoder keeps the
+  checkpoint's own grid: hub weights are built at the pretrained_cfg input size (518 for DINOv2, 224 for CLIP,
+  1024 for SAM, ...), a local file at the grid of its own positional table; nothing is resampled at load. Each
+  forward resamples that table once to the input's patch grid (timm's ``dynamic_img_size``), or not at all when
+  the grids match (DINOv2 at a 512 crop: padded to 518, its native 37 x 37 grid). Random init (no checkpoint)
+  builds the table for ``EncoderConfig.img_size`` or else for the padded training crop. ``img_size`` that
+  disagrees with a checkpoint's grid is an error, because it would resample twice (at load and per input).
+- The interpolation rule is timm's ``resample_abs_pos_embed``: bicubic, ``align_corners=False``, output size
+  given exactly, antialias on (it only acts when shrinking the grid); class/register positions untouched. The
+  release code differs at a non-native size: DINOv2's ``interpolate_pos_encoding`` calls bicubic with
+  ``scale_factor=(g + 0.1) / M`` and no antialias (up to 0.13 apart on a smooth table at 448 px), MAE's and
+  DeiT's ``interpolate_pos_embed`` use bicubic without antialias (0.05 apart: another cubic kernel), OpenCLIP's
+  ``resize_pos_embed`` is timm's rule, EVA02 adds a RoPE that timm recomputes for the grid, and OpenAI CLIP and
+  SAM's release code only run at the native size (timm's SAM resamples its absolute and relative-position tables
+  per input). ``benchmarks/pos_embed_fidelity.py`` measures these; docs/recipes.md section 3 lists the numbers.
 - ``Encoder.forward`` returns one ``(B, D, ceil(H/p), ceil(W/p))`` map per tap: block outputs without the final
   norm and without prefix tokens (class, registers). Inputs whose size is not a multiple of the patch are padded
   with zeros at the bottom/right first (the same padding as timm's ``dynamic_img_pad``; after normalisation zero
@@ -22,6 +40,7 @@ import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import timm
 import torch
@@ -38,9 +57,22 @@ from torch import nn
 
 from encseg.config import EncoderConfig
 from encseg.errors import EncsegError, InputError
-from encseg.models.weights import ALL_FORMATS, LoadReport, WeightsError, load_encoder_weights, resolve_weights
+from encseg.models.weights import (
+    ALL_FORMATS,
+    LoadReport,
+    WeightsError,
+    checkpoint_grid,
+    load_encoder_weights,
+    open_checkpoint,
+    resolve_weights,
+)
 
 Stats = tuple[float, float, float]
+NORMS: dict[str, tuple[Stats, Stats]] = {
+    "imagenet": (tuple(IMAGENET_DEFAULT_MEAN), tuple(IMAGENET_DEFAULT_STD)),
+    "clip": (tuple(OPENAI_CLIP_MEAN), tuple(OPENAI_CLIP_STD)),
+    "0.5/0.5": (tuple(IMAGENET_INCEPTION_MEAN), tuple(IMAGENET_INCEPTION_STD)),
+}
 
 
 class UnknownEncoderError(EncsegError, KeyError, ValueError):
@@ -55,8 +87,20 @@ class TapError(EncsegError, ValueError):
 
 
 @dataclass(frozen=True)
+class ZooEntry:
+    """What a zoo entry declares (see ``_cfg``); ``get_spec`` adds what timm knows."""
+
+    model: str  # timm "arch.tag"; no tag: random init
+    family: str
+    formats: tuple[str, ...] = ("timm",)
+    norm: str | None = None  # only without a tag: a NORMS name
+    notes: str = ""
+
+
+@dataclass(frozen=True)
 class EncoderSpec:
-    """One zoo entry. ``arch`` is a timm architecture; ``hub_tag`` its pretrained tag (None: no hub weights)."""
+    """One encoder, complete. ``arch`` is a timm architecture; ``hub_tag`` its pretrained tag (None: no hub
+    weights); ``native_size`` the input size the released positional table is made for (None: no release)."""
 
     name: str
     family: str
@@ -67,6 +111,7 @@ class EncoderSpec:
     depth: int
     mean: Stats
     std: Stats
+    native_size: int | None = None
     formats: tuple[str, ...] = ("timm",)  # local checkpoint layouts this entry accepts (see weights.py)
     default_weights: str = "hub"  # what ``weights: null`` means: "hub" or "none"
     notes: str = ""
@@ -76,98 +121,79 @@ class EncoderSpec:
         """``arch.tag`` as timm's hub knows it (the bare arch when there is no tag)."""
         return f"{self.arch}.{self.hub_tag}" if self.hub_tag else self.arch
 
+    @property
+    def norm_name(self) -> str:
+        return next((k for k, (m, s) in NORMS.items() if m == self.mean and s == self.std), "custom")
 
-_REGISTRY: dict[str, EncoderSpec] = {}
 
-
-def register_encoder(spec: EncoderSpec) -> EncoderSpec:
-    """Add an entry to the zoo (also usable from user code before building a config that names it)."""
-    if spec.name in _REGISTRY:
-        raise ValueError(f"encoder {spec.name!r} is already registered")
-    bad = set(spec.formats) - set(ALL_FORMATS)
+def _cfg(model: str, family: str, formats: tuple[str, ...] = ("timm",), norm: str | None = None,
+         notes: str = "") -> ZooEntry:
+    """A zoo entry by keyword: the timm ``arch.tag`` and only what timm does not know."""
+    bad = set(formats) - set(ALL_FORMATS)
     if bad:
-        raise ValueError(f"encoder {spec.name!r}: unknown checkpoint formats {sorted(bad)}; known: {ALL_FORMATS}")
-    if spec.default_weights not in ("hub", "none"):
-        raise ValueError(f"encoder {spec.name!r}: default_weights must be 'hub' or 'none'")
-    _REGISTRY[spec.name] = spec
-    return spec
+        raise ValueError(f"encoder {model!r}: unknown checkpoint formats {sorted(bad)}; known: {ALL_FORMATS}")
+    tagged = "." in model
+    if tagged == (norm is not None) or (norm is not None and norm not in NORMS):
+        raise ValueError(f"encoder {model!r}: give norm (one of {sorted(NORMS)}) exactly when there is no "
+                         "pretrained tag; a tagged entry takes mean/std from timm's pretrained_cfg")
+    return ZooEntry(model=model, family=family, formats=tuple(formats), norm=norm, notes=notes)
+
+
+_DV2, _CLIP_FMT, _OCT = ("dinov2", "timm"), ("clip", "timm"), ("openclip_timm", "timm")
+_ZOO: dict[str, ZooEntry] = {
+    "clip_openai_vitb16": _cfg("vit_base_patch16_clip_quickgelu_224.openai", "clip", _CLIP_FMT,
+                               notes="OpenAI CLIP; QuickGELU arch (the plain _clip_ arch uses GELU and drifts)"),
+    "clip_openai_vitl14": _cfg("vit_large_patch14_clip_quickgelu_224.openai", "clip", _CLIP_FMT,
+                               notes="OpenAI CLIP; QuickGELU arch"),
+    "clip_laion_vitb16": _cfg("vit_base_patch16_clip_224.laion2b", "clip", _CLIP_FMT, notes="OpenCLIP LAION-2B"),
+    "clip_laion_vitl14": _cfg("vit_large_patch14_clip_224.laion2b", "clip", _CLIP_FMT,
+                              notes="OpenCLIP LAION-2B; trained with 0.5/0.5, not the CLIP mean/std"),
+    "dinov2_vits14": _cfg("vit_small_patch14_dinov2.lvd142m", "dinov2", _DV2),
+    "dinov2_vitb14": _cfg("vit_base_patch14_dinov2.lvd142m", "dinov2", _DV2),
+    "dinov2_vitl14": _cfg("vit_large_patch14_dinov2.lvd142m", "dinov2", _DV2),
+    "dinov2_vitg14": _cfg("vit_giant_patch14_dinov2.lvd142m", "dinov2", _DV2, notes="SwiGLU MLP"),
+    "dinov2_vits14_reg": _cfg("vit_small_patch14_reg4_dinov2.lvd142m", "dinov2", _DV2, notes="4 registers"),
+    "dinov2_vitb14_reg": _cfg("vit_base_patch14_reg4_dinov2.lvd142m", "dinov2", _DV2, notes="4 registers"),
+    "dinov2_vitl14_reg": _cfg("vit_large_patch14_reg4_dinov2.lvd142m", "dinov2", _DV2, notes="4 registers"),
+    "dinov2_vitg14_reg": _cfg("vit_giant_patch14_reg4_dinov2.lvd142m", "dinov2", _DV2,
+                              notes="4 registers, SwiGLU MLP"),
+    "mae_vitb16": _cfg("vit_base_patch16_224.mae", "mae", ("mae", "timm")),
+    "mae_vitl16": _cfg("vit_large_patch16_224.mae", "mae", ("mae", "timm")),
+    "mae_vith14": _cfg("vit_huge_patch14_224.mae", "mae", ("mae", "timm")),
+    "siglip_vitb16": _cfg("vit_base_patch16_siglip_224.webli", "siglip", _OCT, notes="no class token"),
+    "siglip_vitl16": _cfg("vit_large_patch16_siglip_256.webli", "siglip", _OCT, notes="no class token; 256 px"),
+    "siglip2_vitb16": _cfg("vit_base_patch16_siglip_224.v2_webli", "siglip2", _OCT, notes="no class token"),
+    "siglip2_vitl16": _cfg("vit_large_patch16_siglip_256.v2_webli", "siglip2", _OCT,
+                           notes="no class token; 256 px"),
+    "eva02_vitb14": _cfg("eva02_base_patch14_224.mim_in22k", "eva02", ("eva02", "timm"), notes="RoPE, SwiGLU"),
+    "eva02_vitl14": _cfg("eva02_large_patch14_224.mim_in22k", "eva02", ("eva02", "timm"), notes="RoPE, SwiGLU"),
+    "sam_vitb16": _cfg("samvit_base_patch16.sa1b", "sam", ("sam", "timm"),
+                       notes="windowed attention; built at its native 1024 px, resamples pos/rel-pos per input"),
+    "sam_vitl16": _cfg("samvit_large_patch16.sa1b", "sam", ("sam", "timm"), notes="see sam_vitb16"),
+    "sam_vith16": _cfg("samvit_huge_patch16.sa1b", "sam", ("sam", "timm"), notes="see sam_vitb16"),
+    "supervised_vitb16": _cfg("vit_base_patch16_224.augreg_in21k", "supervised",
+                              notes="ImageNet-21k classification"),
+    "supervised_vitl16": _cfg("vit_large_patch16_224.augreg_in21k", "supervised",
+                              notes="ImageNet-21k classification"),
+    "random_vits16": _cfg("vit_small_patch16_224", "random", norm="imagenet", notes="random init"),
+    "random_vitb16": _cfg("vit_base_patch16_224", "random", norm="imagenet", notes="random init"),
+    "random_vitl16": _cfg("vit_large_patch16_224", "random", norm="imagenet", notes="random init"),
+    "random_vitb14": _cfg("vit_base_patch14_dinov2", "random", norm="imagenet",
+                          notes="random init, DINOv2 architecture (layer scale)"),
+}
+
+
+def register_encoder(name: str, **entry) -> None:
+    """Add an entry to the zoo by keyword (``_cfg``'s arguments), e.g. from user code before building a config
+    that names it: ``register_encoder("my_vit", model="vit_base_patch16_224.augreg_in21k", family="mine")``."""
+    if name in _ZOO:
+        raise ValueError(f"encoder {name!r} is already registered")
+    _ZOO[name] = _cfg(**entry)
 
 
 def list_encoders(family: str | None = None) -> list[str]:
-    return [n for n, s in _REGISTRY.items() if family is None or s.family == family]
+    return [n for n, e in _ZOO.items() if family is None or e.family == family]
 
-
-_CLIP = dict(mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD)
-_IMNET = dict(mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD)
-_HALF = dict(mean=IMAGENET_INCEPTION_MEAN, std=IMAGENET_INCEPTION_STD)  # 0.5 / 0.5
-_B, _L, _H, _S, _G = (768, 12), (1024, 24), (1280, 32), (384, 12), (1536, 40)
-
-# fmt: off
-# name, family, arch, tag, patch, (width, depth), norm, formats, notes. Every arch.tag exists in timm 1.0.31
-# (tests check the names, sizes and mean/std against timm).
-_TABLE = [
-    ("clip_openai_vitb16", "clip", "vit_base_patch16_clip_quickgelu_224", "openai", 16, _B, _CLIP, ("clip", "timm"),
-     "OpenAI CLIP; QuickGELU arch (the plain _clip_ arch uses GELU and drifts from the release)"),
-    ("clip_openai_vitl14", "clip", "vit_large_patch14_clip_quickgelu_224", "openai", 14, _L, _CLIP, ("clip", "timm"),
-     "OpenAI CLIP; QuickGELU arch"),
-    ("clip_laion_vitb16", "clip", "vit_base_patch16_clip_224", "laion2b", 16, _B, _CLIP, ("clip", "timm"),
-     "OpenCLIP LAION-2B"),
-    ("clip_laion_vitl14", "clip", "vit_large_patch14_clip_224", "laion2b", 14, _L, _HALF, ("clip", "timm"),
-     "OpenCLIP LAION-2B; trained with 0.5/0.5, not the CLIP mean/std"),
-    ("dinov2_vits14", "dinov2", "vit_small_patch14_dinov2", "lvd142m", 14, _S, _IMNET, ("dinov2", "timm"), ""),
-    ("dinov2_vitb14", "dinov2", "vit_base_patch14_dinov2", "lvd142m", 14, _B, _IMNET, ("dinov2", "timm"), ""),
-    ("dinov2_vitl14", "dinov2", "vit_large_patch14_dinov2", "lvd142m", 14, _L, _IMNET, ("dinov2", "timm"), ""),
-    ("dinov2_vitg14", "dinov2", "vit_giant_patch14_dinov2", "lvd142m", 14, _G, _IMNET, ("dinov2", "timm"),
-     "SwiGLU MLP"),
-    ("dinov2_vits14_reg", "dinov2", "vit_small_patch14_reg4_dinov2", "lvd142m", 14, _S, _IMNET, ("dinov2", "timm"),
-     "4 registers"),
-    ("dinov2_vitb14_reg", "dinov2", "vit_base_patch14_reg4_dinov2", "lvd142m", 14, _B, _IMNET, ("dinov2", "timm"),
-     "4 registers"),
-    ("dinov2_vitl14_reg", "dinov2", "vit_large_patch14_reg4_dinov2", "lvd142m", 14, _L, _IMNET, ("dinov2", "timm"),
-     "4 registers"),
-    ("dinov2_vitg14_reg", "dinov2", "vit_giant_patch14_reg4_dinov2", "lvd142m", 14, _G, _IMNET, ("dinov2", "timm"),
-     "4 registers, SwiGLU MLP"),
-    ("mae_vitb16", "mae", "vit_base_patch16_224", "mae", 16, _B, _IMNET, ("mae", "timm"), ""),
-    ("mae_vitl16", "mae", "vit_large_patch16_224", "mae", 16, _L, _IMNET, ("mae", "timm"), ""),
-    ("mae_vith14", "mae", "vit_huge_patch14_224", "mae", 14, _H, _IMNET, ("mae", "timm"), ""),
-    ("siglip_vitb16", "siglip", "vit_base_patch16_siglip_224", "webli", 16, _B, _HALF,
-     ("openclip_timm", "timm"),
-     "no class token"),
-    ("siglip_vitl16", "siglip", "vit_large_patch16_siglip_256", "webli", 16, _L, _HALF,
-     ("openclip_timm", "timm"),
-     "no class token; 256 px"),
-    ("siglip2_vitb16", "siglip2", "vit_base_patch16_siglip_224", "v2_webli", 16, _B, _HALF,
-     ("openclip_timm", "timm"),
-     "no class token"),
-    ("siglip2_vitl16", "siglip2", "vit_large_patch16_siglip_256", "v2_webli", 16, _L, _HALF,
-     ("openclip_timm", "timm"),
-     "no class token; 256 px"),
-    ("eva02_vitb14", "eva02", "eva02_base_patch14_224", "mim_in22k", 14, _B, _CLIP, ("eva02", "timm"),
-     "RoPE, SwiGLU"),
-    ("eva02_vitl14", "eva02", "eva02_large_patch14_224", "mim_in22k", 14, _L, _CLIP, ("eva02", "timm"),
-     "RoPE, SwiGLU"),
-    ("sam_vitb16", "sam", "samvit_base_patch16", "sa1b", 16, _B, _IMNET, ("sam", "timm"),
-     "windowed attention; built at its native 1024 px, resamples pos/rel-pos per input"),
-    ("sam_vitl16", "sam", "samvit_large_patch16", "sa1b", 16, _L, _IMNET, ("sam", "timm"), "see sam_vitb16"),
-    ("sam_vith16", "sam", "samvit_huge_patch16", "sa1b", 16, _H, _IMNET, ("sam", "timm"), "see sam_vitb16"),
-    ("supervised_vitb16", "supervised", "vit_base_patch16_224", "augreg_in21k", 16, _B, _HALF, ("timm",),
-     "ImageNet-21k classification"),
-    ("supervised_vitl16", "supervised", "vit_large_patch16_224", "augreg_in21k", 16, _L, _HALF, ("timm",),
-     "ImageNet-21k classification"),
-    ("random_vits16", "random", "vit_small_patch16_224", None, 16, _S, _IMNET, ("timm",), "random init"),
-    ("random_vitb16", "random", "vit_base_patch16_224", None, 16, _B, _IMNET, ("timm",), "random init"),
-    ("random_vitl16", "random", "vit_large_patch16_224", None, 16, _L, _IMNET, ("timm",), "random init"),
-    ("random_vitb14", "random", "vit_base_patch14_dinov2", None, 14, _B, _IMNET, ("timm",),
-     "random init, DINOv2 architecture (layer scale)"),
-]
-# fmt: on
-
-for _n, _fam, _arch, _tag, _p, (_d, _depth), _norm, _fmts, _notes in _TABLE:
-    register_encoder(EncoderSpec(
-        name=_n, family=_fam, arch=_arch, hub_tag=_tag, patch=_p, embed_dim=_d, depth=_depth,
-        mean=tuple(_norm["mean"]), std=tuple(_norm["std"]), formats=_fmts,
-        default_weights="none" if _fam == "random" else "hub", notes=_notes,
-    ))
 
 # timm modules whose models follow the ViT interface we rely on (patch_embed, blocks, forward_intermediates)
 _VIT_MODULES = ("vision_transformer", "eva", "vision_transformer_sam", "deit")
@@ -178,33 +204,36 @@ def _timm_vit_archs() -> frozenset[str]:
     return frozenset(a for m in _VIT_MODULES for a in timm.list_models(module=m))
 
 
-@functools.lru_cache(maxsize=64)
-def _escape_hatch_spec(name: str) -> EncoderSpec:
-    arch, _, tag = name.partition(".")
+@functools.lru_cache(maxsize=128)
+def _from_timm(name: str, entry: ZooEntry) -> EncoderSpec:
+    """``entry`` completed from timm: the architecture's shapes (meta device) and the pretrained_cfg."""
+    arch, _, tag = entry.model.partition(".")
     with torch.device("meta"):  # no memory, no init cost: only the shapes are read
         vit = timm.create_model(arch, pretrained=False, num_classes=0)
-    cfg = timm.models.get_pretrained_cfg(name)
-    norm = dict(mean=cfg.mean, std=cfg.std) if cfg is not None else _IMNET
+    released = entry.norm is None  # zoo random entries name their norm; everything else has a release
+    cfg = timm.models.get_pretrained_cfg(entry.model) if released else None
+    mean, std = (tuple(cfg.mean), tuple(cfg.std)) if cfg is not None else NORMS[entry.norm or "imagenet"]
+    hub = cfg is not None and bool(cfg.hf_hub_id or cfg.url)
     return EncoderSpec(
-        name=name, family="timm", arch=arch, hub_tag=tag or (cfg.tag if cfg is not None else None) or None,
+        name=name, family=entry.family, arch=arch, hub_tag=(tag or cfg.tag or None) if cfg is not None else None,
         patch=int(vit.patch_embed.patch_size[0]), embed_dim=int(vit.embed_dim), depth=len(vit.blocks),
-        mean=tuple(norm["mean"]), std=tuple(norm["std"]), formats=ALL_FORMATS,
-        default_weights="hub" if cfg is not None and (cfg.hf_hub_id or cfg.url) else "none",
-        notes="timm architecture outside the zoo",
+        mean=mean, std=std, native_size=int(cfg.input_size[-1]) if cfg is not None else None,
+        formats=entry.formats, default_weights="hub" if hub else "none", notes=entry.notes,
     )
 
 
 def get_spec(name: str) -> EncoderSpec:
     """The zoo entry ``name``, or a spec derived from timm for any other timm ViT architecture (``arch[.tag]``)."""
-    if name in _REGISTRY:
-        return _REGISTRY[name]
+    if name in _ZOO:
+        return _from_timm(name, _ZOO[name])
     arch, _, tag = name.partition(".")
     if arch in _timm_vit_archs() and (not tag or name in timm.list_models(arch, pretrained=True)):
-        return _escape_hatch_spec(name)
-    close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.4)
+        return _from_timm(name, ZooEntry(model=name, family="timm", formats=ALL_FORMATS,
+                                         notes="timm architecture outside the zoo"))
+    close = difflib.get_close_matches(name, list(_ZOO), n=3, cutoff=0.4)
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     raise UnknownEncoderError(
-        f"unknown encoder {name!r}.{hint} Known encoders: {', '.join(_REGISTRY)}; "
+        f"unknown encoder {name!r}.{hint} Known encoders: {', '.join(_ZOO)}; "
         f"or any timm ViT architecture (timm.list_models(module='vision_transformer'), 'eva', 'vision_transformer_sam')."
     )
 
@@ -242,6 +271,8 @@ class Encoder(nn.Module):
         self.depth = depth
         self.patch_size = int(vit.patch_embed.patch_size[0])
         self.embed_dim = int(vit.embed_dim)
+        # the input size the positional table is made for; other inputs resample it once per forward
+        self.pos_size = int(vit.patch_embed.grid_size[0]) * self.patch_size
         self.mean: Stats = tuple(spec.mean)
         self.std: Stats = tuple(spec.std)
         self.load_report = load_report
@@ -274,31 +305,47 @@ class Encoder(nn.Module):
         return self.depth + 1
 
 
-def _timm_kwargs(spec: EncoderSpec, cfg: EncoderConfig, img_size: int) -> dict:
+def _timm_kwargs(spec: EncoderSpec, cfg: EncoderConfig, pos_size: int) -> dict:
     kwargs: dict = dict(num_classes=0, drop_path_rate=cfg.drop_path_rate)
     if not spec.arch.startswith("samvit"):
         # samvit rejects dynamic_img_size; it resamples pos-embed and rel-pos per input by itself, and its
         # rel-pos tables are sized by img_size, so it stays at the checkpoint's native size
-        kwargs.update(dynamic_img_size=True, img_size=img_size)
+        kwargs.update(dynamic_img_size=True, img_size=pos_size)
     kwargs.update(cfg.timm_kwargs)
     return kwargs
 
 
-def build_encoder(cfg: EncoderConfig, img_size: int) -> Encoder:
-    """Build ``cfg.name`` with its weights; the positional embedding is built for ``cfg.img_size or img_size``.
+def _pos_size(spec: EncoderSpec, cfg: EncoderConfig, checkpoint_size: int | None, input_size: int | None) -> int:
+    """The input size the positional table is built for: the checkpoint's own (rule in the module docstring)."""
+    patch = int(cfg.timm_kwargs.get("patch_size", spec.patch))
+    if checkpoint_size is None:  # random init: the table is learnt at the training grid
+        size = cfg.img_size or input_size or spec.native_size or 224
+        return math.ceil(size / patch) * patch
+    if cfg.img_size is not None and cfg.img_size != checkpoint_size:
+        raise InputError(
+            f"model.encoder.img_size={cfg.img_size} but the {spec.name} checkpoint's positional embedding is made "
+            f"for {checkpoint_size} px: building at {cfg.img_size} would resample it at load and again for every "
+            f"input of another size. Leave img_size null (the encoder resamples once per input)."
+        )
+    return checkpoint_size
 
-    Weights: ``cfg.weights`` None -> the entry's default ("hub" for pretrained entries, "none" for ``random_*``);
-    "hub" -> timm's hub (fails fast offline); "none" -> random init; anything else -> a local checkpoint file in
-    one of the entry's formats (see ``weights.py``). Blocks after the last tap, the final norm and the head are
-    pruned after loading; ``depth`` and ``layer_id`` still count the full architecture.
+
+def build_encoder(cfg: EncoderConfig, img_size: int | None = None) -> Encoder:
+    """Build ``cfg.name`` with its weights, its positional table at the checkpoint's own grid.
+
+    ``img_size`` (the padded training input) sizes the table only without a checkpoint (random init), where
+    ``cfg.img_size`` overrides it. Weights: ``cfg.weights`` None -> the entry's default ("hub" for pretrained
+    entries, "none" for ``random_*``); "hub" -> timm's hub (fails fast offline); "none" -> random init; anything
+    else -> a local checkpoint file in one of the entry's formats (see ``weights.py``). Blocks after the last tap,
+    the final norm and the head are pruned after loading; ``depth`` and ``layer_id`` still count the full
+    architecture.
     """
     spec = get_spec(cfg.name)
-    size = cfg.img_size if cfg.img_size is not None else img_size
-    kwargs = _timm_kwargs(spec, cfg, size)
     source = resolve_weights(spec.default_weights, cfg.weights)
     if source == "hub":
         if spec.hub_tag is None:
             raise WeightsError(f"encoder {spec.name!r} has no hub weights; use weights: none or a local file")
+        kwargs = _timm_kwargs(spec, cfg, _pos_size(spec, cfg, spec.native_size, img_size))
         try:
             vit = timm.create_model(spec.pretrained_name, pretrained=True, **kwargs)
         except Exception as e:  # offline, missing file, gated repo: the user must supply a local file
@@ -308,26 +355,31 @@ def build_encoder(cfg: EncoderConfig, img_size: int) -> Encoder:
             ) from e
         report = LoadReport(format="hub", file=spec.pretrained_name)
     else:
-        try:
-            vit = timm.create_model(spec.arch, pretrained=False, **kwargs)
-        except TypeError as e:  # a misspelt model.encoder.timm_kwargs key reaches timm's constructor
-            raise InputError(f"encoder {spec.name!r} ({spec.arch}): model.encoder.timm_kwargs "
-                             f"{sorted(cfg.timm_kwargs)} rejected by timm: {e}") from e
-        if source == "none":
+        checkpoint = open_checkpoint(source) if isinstance(source, Path) else None
+        grid = checkpoint_grid(checkpoint[0]) if checkpoint is not None else None
+        patch = int(cfg.timm_kwargs.get("patch_size", spec.patch))
+        own = grid * patch if grid is not None else (spec.native_size if checkpoint is not None else None)
+        vit = _create(spec, cfg, _timm_kwargs(spec, cfg, _pos_size(spec, cfg, own, img_size)))
+        if checkpoint is None:
             report = LoadReport(format="none", file=None)
         else:
-            report = load_encoder_weights(vit, spec.arch, source, cfg.ignore_prefixes, formats=spec.formats)
+            report = load_encoder_weights(vit, spec.arch, source, cfg.ignore_prefixes, formats=spec.formats,
+                                          checkpoint=checkpoint)
     depth = len(vit.blocks)
     taps = resolve_taps(cfg.taps, depth)
     vit.prune_intermediate_layers(sorted(set(taps)), prune_norm=True, prune_head=True)
     return Encoder(spec, vit, taps, depth, report)
 
 
+def _create(spec: EncoderSpec, cfg: EncoderConfig, kwargs: dict) -> nn.Module:
+    try:
+        return timm.create_model(spec.arch, pretrained=False, **kwargs)
+    except TypeError as e:  # a misspelt model.encoder.timm_kwargs key reaches timm's constructor
+        raise InputError(f"encoder {spec.name!r} ({spec.arch}): model.encoder.timm_kwargs "
+                         f"{sorted(cfg.timm_kwargs)} rejected by timm: {e}") from e
+
+
 # --------------------------------------------------------------------------------------------- table
-_NORM_NAMES = {tuple(OPENAI_CLIP_MEAN): "clip", tuple(IMAGENET_DEFAULT_MEAN): "imagenet",
-               tuple(IMAGENET_INCEPTION_MEAN): "0.5/0.5"}
-
-
 def count_params(spec: EncoderSpec) -> int:
     """Parameters of the full architecture (head included), counted on the meta device (no memory, fast)."""
     with torch.device("meta"):
@@ -344,15 +396,17 @@ def _hub_id(spec: EncoderSpec) -> str:
 
 def encoder_table(params: bool = False) -> list[list[str]]:
     """Rows (with a header row) of the zoo table that ``encseg encoders`` prints."""
-    header = ["name", "family", "timm architecture", "patch", "width", "depth"]
+    header = ["name", "family", "timm architecture", "patch", "width", "depth", "native px"]
     header += ["params"] if params else []
     header += ["norm", "hub", "local formats"]
     rows = [header]
-    for spec in _REGISTRY.values():
-        row = [spec.name, spec.family, spec.pretrained_name, str(spec.patch), str(spec.embed_dim), str(spec.depth)]
+    for name in _ZOO:
+        spec = get_spec(name)
+        row = [spec.name, spec.family, spec.pretrained_name, str(spec.patch), str(spec.embed_dim), str(spec.depth),
+               str(spec.native_size or "-")]
         if params:
             row.append(f"{count_params(spec) / 1e6:.1f}M")
-        row += [_NORM_NAMES.get(tuple(spec.mean), "custom"), _hub_id(spec), ",".join(spec.formats)]
+        row += [spec.norm_name, _hub_id(spec), ",".join(spec.formats)]
         rows.append(row)
     return rows
 
@@ -366,3 +420,4 @@ def print_encoder_table(params: bool = False) -> None:
             print("  ".join("-" * w for w in widths))
     print("\nAny other timm ViT architecture name is accepted too (mean/std from its timm pretrained_cfg).")
     print("weights: null = the entry's default (hub, or none for random_*); 'hub'; 'none'; or a local file.")
+    print("native px: the positional table's size; other inputs resample it once per forward.")

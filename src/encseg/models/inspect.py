@@ -165,6 +165,7 @@ def inspect_encoder(name: str, weights: str | None = None, image: str | Path | N
         "weights": encoder.load_report.as_dict(),
         "input_size": [height, width],
         "patch_size": encoder.patch_size,
+        "pos_embed_size": encoder.pos_size,  # the checkpoint's grid; this input resamples it once (if at all)
         "embed_dim": encoder.embed_dim,
         "depth": encoder.depth,
         "mean": list(encoder.mean),

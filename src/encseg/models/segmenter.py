@@ -7,8 +7,8 @@ Conventions
   normalisation, masks with 255), and predictions are cropped back, so callers never see the padding.
 - ``inference`` returns per-class scores ``(B, C, H, W)`` at the input size, float32; argmax gives the labels.
 - ``save_segmenter`` writes ``model.safetensors`` (the state dict) + ``model.json`` (``{"model": ModelConfig,
-  "num_classes", "img_size", ...extra}``); ``load_segmenter`` rebuilds from the json with random encoder
-  weights and loads the state dict strictly.
+  "num_classes", "img_size", "encoder_pos_size", ...extra}``); ``load_segmenter`` rebuilds from the json with
+  random encoder weights (positional table at ``encoder_pos_size``) and loads the state dict strictly.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from encseg.atomic import atomic_write_bytes, atomic_write_text
 from encseg.config import ModelConfig, validate
+from encseg.data.transforms import IMAGE_PAD
 from encseg.errors import EncsegError, MissingFileError
 from encseg.models.encoders import build_encoder
 from encseg.models.heads import IGNORE_INDEX, build_head
@@ -77,7 +78,7 @@ class Segmenter(nn.Module):
         """Head output for ``images`` padded to a multiple of 32."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
-        x = self._pad(images, 0.0)
+        x = self._pad(images, IMAGE_PAD)  # the training crops' padding rule (data/transforms.py)
         with torch.no_grad() if self.encoder_no_grad else contextlib.nullcontext():
             taps = self.encoder(x)
         features = self.neck(taps, tuple(x.shape[-2:])) if self.neck is not None else taps
@@ -156,8 +157,9 @@ class Segmenter(nn.Module):
 
 def build_segmenter(model: ModelConfig, num_classes: int, img_size: int) -> Segmenter:
     """Encoder (with its weights) + neck + head for ``num_classes`` classes, with ``model.regime`` applied.
-    The ``linear`` head reads the encoder's last tap directly (no neck)."""
-    encoder = build_encoder(model.encoder, img_size)
+    The ``linear`` head reads the encoder's last tap directly (no neck). ``img_size`` is the training crop; it
+    sizes the encoder's positional table only for a random init (a checkpoint keeps its own grid)."""
+    encoder = build_encoder(model.encoder, math.ceil(img_size / SIZE_DIVISOR) * SIZE_DIVISOR)
     if model.head.type == "linear":
         neck, in_channels = None, [encoder.embed_dim]
     else:
@@ -180,6 +182,7 @@ def save_segmenter(seg: Segmenter, directory: str | Path, extra: dict[str, Any] 
         "model": seg.config.model_dump(mode="json"),
         "num_classes": seg.num_classes,
         "img_size": seg.img_size,
+        "encoder_pos_size": int(seg.encoder.pos_size),
     }
     clash = sorted(set(extra or {}) & set(meta))
     if clash:
@@ -217,8 +220,11 @@ def load_segmenter(directory: str | Path) -> tuple[Segmenter, dict[str, Any]]:
         num_classes, img_size = int(meta["num_classes"]), int(meta["img_size"])
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise CheckpointError(f"{meta_path}: not a segmenter description ({type(e).__name__}: {e})") from e
-    # the trained encoder weights are in the safetensors file: build with random ones, never reach a hub
-    rebuild = model_cfg.model_copy(update={"encoder": model_cfg.encoder.model_copy(update={"weights": "none"})})
+    # the trained encoder weights are in the safetensors file: build with random ones, never reach a hub, with
+    # the positional table at the saved size (files from before encoder_pos_size: the img_size rule of then)
+    pos_size = meta.get("encoder_pos_size") or model_cfg.encoder.img_size or img_size
+    rebuild = model_cfg.model_copy(update={"encoder": model_cfg.encoder.model_copy(
+        update={"weights": "none", "img_size": int(pos_size)})})
     seg = build_segmenter(rebuild, num_classes, img_size)
     seg.config = model_cfg
     state = load_file(str(weights_path))

@@ -20,6 +20,7 @@ Any other missing or unexpected key, or a shape mismatch, raises ``WeightsError`
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import zipfile
 from dataclasses import asdict, dataclass, field
@@ -132,6 +133,33 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     return _read(Path(path))[0]
 
 
+def open_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
+    """``(state dict, container description)`` of ``path``, read once for ``checkpoint_grid`` and loading."""
+    return _read(Path(path))
+
+
+# where each release layout keeps the image tower's absolute positional table
+_POS_KEYS = ("pos_embed", "visual.positional_embedding", "visual.trunk.pos_embed", "image_encoder.pos_embed")
+
+
+def checkpoint_grid(state_dict: dict[str, torch.Tensor]) -> int | None:
+    """Side of the square patch grid the checkpoint's positional table is made for (None: no such table).
+
+    Tables are ``(1, prefix + g*g, D)``, ``(prefix + g*g, D)`` (OpenAI CLIP) or ``(1, g, g, D)`` (SAM); the
+    prefix (class and register positions) is at most a handful of rows.
+    """
+    for key in _POS_KEYS:
+        table = state_dict.get(key, state_dict.get(f"module.{key}"))
+        if table is None:
+            continue
+        if table.ndim == 4:
+            return int(table.shape[1])
+        rows = int(table.shape[-2])
+        g = math.isqrt(rows)
+        return g if rows - g * g <= 8 else None
+    return None
+
+
 def _read(path: Path) -> tuple[dict[str, torch.Tensor], str]:
     if not path.is_file():
         raise MissingFileError(f"checkpoint file not found: {path}")
@@ -168,14 +196,16 @@ def _listing(title: str, keys: list[str]) -> str:
 
 
 def load_encoder_weights(vit: nn.Module, arch: str, path: str | Path, ignore_prefixes: list[str] | tuple = (),
-                         formats: tuple[str, ...] | None = None) -> LoadReport:
+                         formats: tuple[str, ...] | None = None,
+                         checkpoint: tuple[dict[str, torch.Tensor], str] | None = None) -> LoadReport:
     """Load a local checkpoint into ``vit`` (a timm model built with ``num_classes=0``) in place.
 
-    ``formats``: the layouts the encoder entry accepts (None: any). See the module docstring for what is
-    dropped silently and what raises ``WeightsError``.
+    ``formats``: the layouts the encoder entry accepts (None: any). ``checkpoint``: ``open_checkpoint(path)``
+    when the caller has read it already. See the module docstring for what is dropped silently and what raises
+    ``WeightsError``.
     """
     path = Path(path)
-    sd, container = _read(path)
+    sd, container = checkpoint if checkpoint is not None else _read(path)
     fmt = detect_format(sd)
     if formats is not None and fmt not in formats:
         accepted = "; ".join(f"{f}: {FORMAT_HELP[f]}" for f in formats)

@@ -10,7 +10,7 @@ present and well formed in a DONE run, otherwise ``StudyDataError`` names the fi
 and a warning is logged. Metric values are copied as the engine wrote them (fractions in [0, 1]).
 
 Identity columns come from the run's ``config.yaml``: ``encoder`` is the study label ``tags["encoder"]``
-(falling back to the encoder name), ``train_dataset`` the dataset's display name, ``regime`` the regime mode.
+(falling back to the encoder name), ``train_dataset`` the dataset's display name, ``regime`` the regime label with its depth (``last2``; ``RegimeConfig.label``).
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def identity(cfg: RunConfig, run_id: str) -> dict[str, Any]:
         "run_id": run_id,
         "encoder": cfg.tags.get("encoder") or cfg.model.encoder.name,
         "encoder_name": cfg.model.encoder.name,
-        "regime": cfg.model.regime.mode,
+        "regime": cfg.model.regime.label,
         "train_dataset": cfg.data.dataset.display_name,
         "fraction": float(cfg.data.fraction),
         "seed": int(cfg.seed),

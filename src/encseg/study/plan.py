@@ -26,6 +26,7 @@ from encseg.config import (
     StudyMatch,
     deep_merge,
     read_yaml,
+    regime_label,
     validate,
 )
 from encseg.engine.rundir import RunDir, config_diff, resolve_runs_root, run_id
@@ -98,8 +99,7 @@ class _Cell:
 
 
 def _regime_id(regime: dict[str, Any]) -> str:
-    mode = regime.get("mode", "finetune")
-    return f"last{regime.get('last_n', 0)}" if mode == "last_n" else mode
+    return regime_label(regime.get("mode", "finetune"), regime.get("last_n", 0))
 
 
 def _as_list(v: Any) -> list:

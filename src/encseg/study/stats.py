@@ -213,7 +213,9 @@ def summarize(results: pd.DataFrame, baseline: str = "random", baseline_regime: 
     """One row per (encoder, regime, train_dataset, eval_dataset, fraction) over seeds; ``SUMMARY_COLUMNS``.
 
     The gain columns compare each cell with the ``baseline`` encoder in ``baseline_regime`` at the same
-    train dataset, eval dataset and fraction, paired on (seed, subset_seed); the bootstrap columns are filled
+    train dataset, eval dataset and fraction, paired on (seed, subset_seed), and ``baseline_miou_mean/std``
+    describe those same paired baseline runs (so mean - baseline mean = gain when every seed pairs); the
+    bootstrap columns are filled
     when ``per_image`` (``aggregate.collect_per_image``) has scores for every paired run.
     """
     missing = [c for c in [*GROUP_COLUMNS, *PAIR_COLUMNS, "run_id", "miou"] if c not in results.columns]
@@ -242,17 +244,19 @@ def summarize(results: pd.DataFrame, baseline: str = "random", baseline_regime: 
         base = results[(results["encoder"] == baseline) & (results["regime"] == baseline_regime)
                        & (results["train_dataset"] == train_ds) & (results["eval_dataset"] == eval_ds)
                        & (results["fraction"] == fraction)]
-        base_d = describe(base["miou"], confidence)
+        is_baseline = enc == baseline and regime == baseline_regime
+        paired = None if is_baseline or base.empty else cell.merge(
+            _one_row_per_seed(base)[[*PAIR_COLUMNS, "run_id", "miou"]], on=PAIR_COLUMNS, suffixes=("", "_base"))
+        # the baseline columns describe the very runs the gain pairs with (the cell itself for the baseline)
+        base_d = describe(cell["miou"] if is_baseline else [] if paired is None else paired["miou_base"], confidence)
         row.update({"baseline": f"{baseline} ({baseline_regime})", "baseline_miou_mean": base_d.mean,
                     "baseline_miou_std": base_d.std})
         gain = dict.fromkeys([c for c in SUMMARY_COLUMNS if c.startswith("gain_") and c != "gain_note"], nan)
-        if enc == baseline and regime == baseline_regime:
+        if is_baseline:
             gain["gain_note"] = "baseline"
-        elif base.empty:
+        elif paired is None:
             gain["gain_note"] = f"no {baseline} ({baseline_regime}) runs in this cell"
         else:
-            paired = cell.merge(_one_row_per_seed(base)[[*PAIR_COLUMNS, "run_id", "miou"]], on=PAIR_COLUMNS,
-                                suffixes=("", "_base"))
             test = paired_test(paired["miou"], paired["miou_base"], confidence)
             gain.update({"gain_n": test.n, "gain_miou": test.mean_diff, "gain_std": test.std_diff,
                          "gain_ci_low": test.ci_low, "gain_ci_high": test.ci_high,
