@@ -185,7 +185,7 @@ def _train(cfg: RunConfig, rd: RunDir, argv: list[str], rank0: bool) -> None:
         accumulate_grad_batches=cfg.train.accumulate,
         gradient_clip_val=cfg.train.grad_clip, gradient_clip_algorithm="norm",
         deterministic=(True if accelerator == "cpu" else "warn") if cfg.deterministic else None,
-        callbacks=callbacks, logger=_loggers(cfg, rd), plugins=[AtomicCheckpointIO()],
+        callbacks=callbacks, logger=_loggers(cfg, rd), plugins=[AtomicCheckpointIO(), *_cluster_plugins()],
         enable_progress_bar=show_bar, enable_model_summary=False, use_distributed_sampler=False,
         num_sanity_val_steps=1, log_every_n_steps=cfg.train.log_every, default_root_dir=str(rd.path),
         **val_kw,
@@ -206,6 +206,20 @@ def _train(cfg: RunConfig, rd: RunDir, argv: list[str], rank0: bool) -> None:
     finalize_run(cfg, rd, trainer, module, history, classes, val_ds, t0, best_path=Path(best.best_model_path or ""))
     finish_env(rd)
     rd.mark_done()
+
+
+def _cluster_plugins() -> list:
+    """Lightning's SLURM environment (ranks from ``srun``) without its SIGUSR1 auto-requeue.
+
+    A requeued run resumes from ``checkpoints/last.ckpt``, which every requeue path leaves in place (submitit's
+    USR2 checkpoint-and-requeue, ``scontrol requeue``, a rerun of ``study run``); Lightning's own requeue would
+    write a second, unused ``hpc_ckpt_*.ckpt`` and requeue the job a second time.
+    """
+    from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+
+    if TorchElasticEnvironment.detect() or not SLURMEnvironment.detect():  # Lightning's own precedence
+        return []
+    return [SLURMEnvironment(auto_requeue=False)]
 
 
 def _loggers(cfg: RunConfig, rd: RunDir) -> list:
