@@ -1,8 +1,8 @@
 """``study run --launcher slurm`` against a real one-node SLURM cluster: the array job, a failing cell,
 ``scontrol requeue``, a time limit hit mid-run, and one run as two ``srun`` tasks (gloo DDP).
 
-Every cell here has the same config as the array study's ``random`` cell (tiny model, 12 steps, a checkpoint
-every 2), so the array study is also the uninterrupted reference for the interrupted ones.
+The requeued cell has the same config as the array study's ``random`` cell (tiny model, 12 steps, a checkpoint
+every 2), so the array study is its uninterrupted reference; the time-limit cell is longer and has its own.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
 CELL = "synth__random__finetune__f100__s0"
 BROKEN = "synth__broken__finetune__f100__s0"
 TRAIN = {"max_iters": 12, "checkpoint_every": 2, "val_every": 6}
+LONG_TRAIN = {"max_iters": 150, "checkpoint_every": 5, "val_every": 75}
 WAIT_S = 1500  # generous: the test machine may be shared; a tiny cell takes well under a minute alone
 
 
@@ -53,11 +54,11 @@ def _one_thread_per_cell():
         os.environ["OMP_NUM_THREADS"] = old
 
 
-def _write_study(tmp: Path, synth: Path, name: str, broken: bool = False) -> Path:
+def _write_study(tmp: Path, synth: Path, name: str, broken: bool = False, train: dict = TRAIN) -> Path:
     encoders = [{"label": "random", "encoder": {"weights": "none"}}]
     if broken:
         encoders.append({"label": "broken", "encoder": {"weights": str(tmp / "missing_encoder.safetensors")}})
-    data = {"name": name, "out": str(tmp / name), "base": tiny_config(synth, train=TRAIN),
+    data = {"name": name, "out": str(tmp / name), "base": tiny_config(synth, train=train),
             "encoders": encoders, "seeds": [0],
             "slurm": {"gpus_per_node": 0, "cpus_per_task": 1, "mem_gb": 2, "timeout_min": 30}}
     path = tmp / f"{name}.yaml"
@@ -79,7 +80,7 @@ def _job_ids(study_out: Path) -> dict[str, str]:
 
 def _squeue(job: str) -> list[str]:
     out = subprocess.run(["squeue", "-h", "-j", job, "-o", "%i %j %T"], capture_output=True, text=True)
-    return out.stdout.split("\n") if out.stdout.strip() else []
+    return out.stdout.strip().splitlines()
 
 
 def _show_job(job: str) -> dict[str, str]:
@@ -152,8 +153,8 @@ def test_study_runs_as_one_array_job_and_a_failing_cell_is_reported(array_study)
     print(f"array study (2 cells) took {s['seconds']:.0f} s")
 
 
-def _submit_one(tmp: Path, synth: Path, name: str) -> tuple[Path, str]:
-    path = _write_study(tmp, synth, name)
+def _submit_one(tmp: Path, synth: Path, name: str, train: dict | None = None) -> tuple[Path, str]:
+    path = _write_study(tmp, synth, name, train=train or TRAIN)
     _encseg("study", "run", str(path), "--launcher", "slurm")
     out = tmp / name
     return out, _job_ids(out)[CELL]
@@ -163,16 +164,24 @@ def _running_with_checkpoint(out: Path, job: str) -> bool:
     return RunDir(out / "runs" / CELL).last_ckpt.is_file() and _show_job(job)["JobState"] == "RUNNING"
 
 
-def _resumed_and_identical(out: Path, job: str, array_study) -> dict[str, str]:
-    _wait(lambda: not _squeue(job), f"job {job} to finish")
+def _gone_releasing_requeued(job: str) -> bool:
+    """True once ``job`` left the queue. A requeued job waits 2 minutes (SLURM's requeue delay, Reason=BeginTime)
+    before it may start again; here it is made eligible at once."""
+    lines = _squeue(job)
+    if any(line.endswith("PENDING") for line in lines) and _show_job(job).get("Reason") == "BeginTime":
+        subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
+    return not lines
+
+
+def _resumed(out: Path, job: str) -> tuple[dict[str, str], RunDir]:
+    _wait(lambda: _gone_releasing_requeued(job), f"job {job} to finish")
     state = _show_job(job)
     rd = RunDir(out / "runs" / CELL)
     assert state["JobState"] == "COMPLETED" and rd.is_done(), (state, _job_logs(out)[-3000:])
     assert int(state["Restarts"]) >= 1
     assert json.loads(rd.env_path.read_text())["previous_sessions"]  # a second process worked on the run
     assert "Restoring states from the checkpoint path at" in _job_logs(out)  # ... starting from last.ckpt
-    _assert_same_confusions(rd, RunDir(array_study["out"] / "runs" / CELL))
-    return state
+    return state, rd
 
 
 def test_scontrol_requeue_resumes_from_last_ckpt_to_the_same_result(tmp_path, synth, array_study):
@@ -180,21 +189,28 @@ def test_scontrol_requeue_resumes_from_last_ckpt_to_the_same_result(tmp_path, sy
     _wait(lambda: _running_with_checkpoint(out, job), "a checkpoint of the running cell", poll=0.5)
     assert not RunDir(out / "runs" / CELL).is_done()
     subprocess.run(["scontrol", "requeue", job], check=True)
-    state = _resumed_and_identical(out, job, array_study)
+    state, rd = _resumed(out, job)
     assert state["Restarts"] == "1"
+    _assert_same_confusions(rd, RunDir(array_study["out"] / "runs" / CELL))
 
 
-def test_time_limit_hit_mid_run_requeues_and_resumes_to_the_same_result(tmp_path, synth, array_study):
-    out, job = _submit_one(tmp_path, synth, "timelimit")
+def test_time_limit_hit_mid_run_requeues_and_resumes_to_the_same_result(tmp_path, synth):
+    # a longer cell, so that it is still training when the limit's warning arrives (SLURM checks time limits
+    # every 30 s); its uninterrupted reference runs at the same time on the node's other core
+    out, job = _submit_one(tmp_path, synth, "timelimit", LONG_TRAIN)
+    ref_out, ref_job = _submit_one(tmp_path, synth, "timelimit_ref", LONG_TRAIN)
     _wait(lambda: _running_with_checkpoint(out, job), "a checkpoint of the running cell", poll=0.5)
-    # lower --time so the limit falls 1-2 minutes from now: SLURM sends submitit's USR2 (90 s before the
+    # lower --time so that the limit falls 1-2 minutes from now: SLURM sends submitit's USR2 (90 s before the
     # limit, --signal=USR2@90), submitit requeues the job itself; without that the job would end TIMEOUT
-    elapsed = _show_job(job)["RunTime"]
-    h, m, sec = (int(x) for x in elapsed.split("-")[-1].split(":"))
+    h, m, sec = (int(x) for x in _show_job(job)["RunTime"].split("-")[-1].split(":"))
     limit = math.ceil((h * 3600 + m * 60 + sec) / 60) + 2
     subprocess.run(["scontrol", "update", f"JobId={job}", f"TimeLimit={limit}"], check=True)
-    _resumed_and_identical(out, job, array_study)
+    _, rd = _resumed(out, job)
     assert "this job is timed-out" in _job_logs(out)  # the requeue came from the time limit's warning signal
+    _wait(lambda: not _squeue(ref_job), f"reference job {ref_job} to finish")
+    reference = RunDir(ref_out / "runs" / CELL)
+    assert _show_job(ref_job)["Restarts"] == "0" and reference.is_done()
+    _assert_same_confusions(rd, reference)
 
 
 def test_two_srun_tasks_train_one_run_with_gloo_ddp(tmp_path, synth):
