@@ -213,7 +213,7 @@ def _trainer(cfg: RunConfig, rd: RunDir, sched: Schedule, callbacks: list, show_
         accumulate_grad_batches=cfg.train.accumulate,
         gradient_clip_val=cfg.train.grad_clip, gradient_clip_algorithm="norm",
         deterministic=(True if accelerator == "cpu" else "warn") if cfg.deterministic else None,
-        callbacks=callbacks, logger=_loggers(cfg, rd), plugins=[AtomicCheckpointIO()],
+        callbacks=callbacks, logger=_loggers(cfg, rd), plugins=[AtomicCheckpointIO(), *_cluster_plugins()],
         enable_progress_bar=show_bar, enable_model_summary=False, use_distributed_sampler=False,
         num_sanity_val_steps=1, log_every_n_steps=cfg.train.log_every, default_root_dir=str(rd.path),
         **sched.val_kw,
@@ -230,6 +230,20 @@ def check_trained(trainer: L.Trainer, cfg: RunConfig, n_images: int, sched: Sche
         f"{cfg.data.batch_size} (x train.accumulate {cfg.train.accumulate}) the schedule has "
         f"{sched.steps_per_epoch} step(s) per epoch and {sched.total_steps} in all; use more images "
         f"(data.fraction), a smaller batch size or fewer processes")
+
+
+def _cluster_plugins() -> list:
+    """Lightning's SLURM environment (ranks from ``srun``) without its SIGUSR1 auto-requeue.
+
+    A requeued run resumes from ``checkpoints/last.ckpt``, which every requeue path leaves in place (submitit's
+    USR2 checkpoint-and-requeue, ``scontrol requeue``, a rerun of ``study run``); Lightning's own requeue would
+    write a second, unused ``hpc_ckpt_*.ckpt`` and requeue the job a second time.
+    """
+    from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+
+    if TorchElasticEnvironment.detect() or not SLURMEnvironment.detect():  # Lightning's own precedence
+        return []
+    return [SLURMEnvironment(auto_requeue=False)]
 
 
 def _loggers(cfg: RunConfig, rd: RunDir) -> list:

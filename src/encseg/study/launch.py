@@ -219,6 +219,18 @@ def _run_parallel(todo: list[RunConfig], runs: Path, jobs: int, train_fn: TrainF
 
 
 # -------------------------------------------------------------------------------------------- submitit
+def _threads_from_slurm() -> None:
+    # torch would use every core of the node, also those SLURM gave to other jobs sharing it
+    cpus = os.environ.get("SLURM_CPUS_PER_TASK")
+    if cpus and cpus.isdigit():
+        import torch
+        torch.set_num_threads(int(cpus))
+
+
+class CellFailed(RuntimeError):
+    """A cell's training failed inside a submitit job (its ``FAILED`` record holds the traceback)."""
+
+
 class CellJob(submitit.helpers.Checkpointable):
     """One cell as a submitit job. On preemption or timeout submitit calls ``checkpoint``, and the job is
     requeued with the same cell; ``train()`` then resumes from ``checkpoints/last.ckpt``."""
@@ -228,7 +240,11 @@ class CellJob(submitit.helpers.Checkpointable):
         self.train_fn = train_fn
 
     def __call__(self, cfg: RunConfig) -> str:
-        return run_cell(cfg, Path(self.runs), self.train_fn)
+        _threads_from_slurm()
+        status = run_cell(cfg, Path(self.runs), self.train_fn)
+        if status == "failed":  # the job ends FAILED in squeue/sacct too; the error is in the run's FAILED
+            raise CellFailed(RunDir(Path(self.runs) / run_id(cfg)).failure_line())
+        return status
 
     def checkpoint(self, cfg: RunConfig) -> submitit.helpers.DelayedSubmission:
         # nothing to carry over in memory: the run directory holds the state
@@ -294,7 +310,7 @@ def _run_submitit(study: StudyConfig, todo: list[RunConfig], sdir: Path, runs: P
             status = job.result()
         except Exception as e:  # the job itself died (killed, out of memory, requeues exhausted)
             status = "done" if rd.is_done() else "failed"
-            if status == "failed":
+            if status == "failed" and not rd.failed_path.is_file():  # the cell's own record says more
                 rd.mark_failed(RuntimeError(f"submitit job {job.job_id} failed: {e}"))
         _report(progress, results, rd, status, t0)
     return results, []
