@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -9,8 +10,10 @@ from encseg.study.label_efficiency import (
     BY_SMALLEST,
     NOT_REACHED,
     REACHED,
+    _log_value,
     crossing,
     label_efficiency,
+    log_crossings,
     summary_columns,
 )
 from encseg.study.stats import summarize
@@ -139,3 +142,16 @@ def test_summary_gains_the_baseline_columns_and_bad_input_is_named():
     assert out[out["encoder"] == "random"]["le_status"].isna().all()
     with pytest.raises(ValueError, match="miou"):
         label_efficiency(results.drop(columns=["miou"]))
+
+
+def test_vectorised_crossings_agree_with_the_one_by_one_definition():
+    rng = np.random.default_rng(1)
+    fractions = [0.5, 0.05, 0.1, 1.0, 0.25]
+    means = rng.uniform(0.0, 1.0, size=(400, 5))
+    means[::37, 2] = np.nan  # a fraction without a drawn seed in some resamples
+    targets = rng.uniform(0.0, 1.0, size=400)
+    targets[5] = np.nan
+    got = log_crossings(fractions, means, targets)
+    expected = np.array([_log_value(crossing(fractions, m, t)) for m, t in zip(means, targets, strict=True)])
+    np.testing.assert_allclose(got, expected)
+    assert {-np.inf, np.inf} <= set(got[np.isinf(got)])  # both censored kinds occur in this draw

@@ -75,6 +75,33 @@ def _log_value(c: Crossing) -> float:
     return math.log(c.fraction) if c.status == REACHED else math.nan
 
 
+def log_crossings(fractions, means: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """``_log_value(crossing(...))`` for each row of ``means`` (resamples x fractions) and its target, at once.
+
+    Rows with a NaN mean or target (a cell without a drawn seed) go through ``crossing`` one by one.
+    """
+    f = np.asarray(fractions, dtype=float)
+    order = np.argsort(f, kind="stable")
+    f, m = f[order], np.asarray(means, dtype=float)[:, order]
+    t = np.asarray(targets, dtype=float)
+    out = np.full(m.shape[0], math.nan)
+    clean = ~np.isnan(m).any(axis=1) & ~np.isnan(t)
+    for b in np.flatnonzero(~clean):
+        out[b] = _log_value(crossing(f, m[b], t[b]))
+    mc, tc = m[clean], t[clean]
+    above = mc >= tc[:, None]
+    first = above.argmax(axis=1)
+    rows = np.arange(mc.shape[0])
+    prev = np.maximum(first - 1, 0)
+    logf = np.log(f)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        frac = (tc - mc[rows, prev]) / (mc[rows, first] - mc[rows, prev])
+        vals = logf[prev] + frac * (logf[first] - logf[prev])
+    vals = np.where(first == 0, -math.inf, vals)
+    out[clean] = np.where(above.any(axis=1), vals, math.inf)
+    return out
+
+
 def _interval(logs: np.ndarray, confidence: float) -> tuple[float, float]:
     logs = logs[~np.isnan(logs)]
     if logs.size == 0:
@@ -130,9 +157,10 @@ def _panel_rows(panel: pd.DataFrame, series_cols: list[str], n_boot: int, seed: 
             if s == ref:
                 continue
             fracs = keys.loc[idx, "fraction"].to_numpy(dtype=float)
-            found = [crossing(fracs, means[b, idx], targets[b]) for b in range(means.shape[0])]
-            cells = _claim_cells(s, ref, fracs, found[0], ref_frac, bool(at))
-            row = _row(s, ref, ref_frac, float(targets[0]), found, confidence)
+            point = crossing(fracs, means[0, idx], targets[0])
+            logs = log_crossings(fracs, means[1:, idx], targets[1:])
+            cells = _claim_cells(s, ref, fracs, point, ref_frac, bool(at))
+            row = _row(s, ref, ref_frac, float(targets[0]), point, logs, confidence)
             row.update({"train_dataset": panel["train_dataset"].iloc[0],
                         "eval_dataset": panel["eval_dataset"].iloc[0],
                         "n_seeds": min(n_present[c] for c in cells),
@@ -152,17 +180,15 @@ def _claim_cells(s: tuple, ref: tuple, fracs: np.ndarray, point: Crossing, ref_f
     return [(*s, float(f)) for f in used] + ([(*ref, ref_frac)] if has_ref else [])
 
 
-def _row(s: tuple, ref: tuple, ref_frac: float, target: float, found: list[Crossing],
+def _row(s: tuple, ref: tuple, ref_frac: float, target: float, point: Crossing, logs: np.ndarray,
          confidence: float) -> dict:
-    point = found[0]
-    logs = np.array([_log_value(c) for c in found[1:]], dtype=float)
     low, high = _interval(logs, confidence) if point.status != NO_REFERENCE else (math.nan, math.nan)
     return {
         "encoder": s[0], "regime": s[1], "head": s[2] if len(s) > 2 else None,
         "reference": series_name(ref), "reference_fraction": ref_frac, "target_miou": target,
         "status": point.status, "fraction": point.fraction, "fraction_low": low, "fraction_high": high,
         "factor": _ratio(ref_frac, point.fraction), "factor_low": _ratio(ref_frac, high),
-        "factor_high": _ratio(ref_frac, low), "n_boot": len(found) - 1,
+        "factor_high": _ratio(ref_frac, low), "n_boot": len(logs),
         "n_boot_used": int((~np.isnan(logs)).sum()),
     }
 
