@@ -125,3 +125,15 @@ def test_cheapest_setting_agreeing_with_the_most_expensive_one():
     no_cost = table(cells).drop(columns=["train_time_s"])
     c = cheapest_agreeing(ranking_stability(no_cost, n_boot=5))
     assert c.reference is None and "training time" in c.reason
+
+
+def test_train_datasets_are_settings_too():
+    cells = {("A", 1.0, "finetune", "mask2former", "a", "a"): [0.7], ("B", 1.0, "finetune", "mask2former", "a", "a"):
+             [0.6], ("A", 1.0, "finetune", "mask2former", "b", "b"): [0.5],
+             ("B", 1.0, "finetune", "mask2former", "b", "b"): [0.55],
+             ("A", 1.0, "finetune", "mask2former", "b", "a"): [0.45],
+             ("B", 1.0, "finetune", "mask2former", "b", "a"): [0.35]}
+    st = ranking_stability(table(cells), n_boot=20)
+    assert list(st.settings["setting"]) == ["on a", "b→a", "on b"]
+    assert pair(st, "on a", "on b")["tau"] == pytest.approx(-1.0)
+    assert pair(st, "on a", "b→a")["tau"] == pytest.approx(1.0)

@@ -266,7 +266,7 @@ def _efficiency_claim(r: pd.Series, scale: float) -> str:
         if math.isinf(r["fraction_low"]):
             return f"does not reach {ref} at any fraction studied (nor in any seed-bootstrap resample"
         return f"does not reach {ref} at any fraction studied ({interval}"
-    return f"has no {ref} to compare with ("
+    return f"has no {ref} to compare with (the reference lacks that fraction"
 
 
 def _flags(n_seeds: list[Any], unconverged: list[Any], unknown: list[Any]) -> list[str]:
