@@ -59,7 +59,7 @@ def test_html_is_self_contained_and_images_decode(study):
     assert "http://" not in text and "https://" not in text
     assert "<script" not in text and "<link" not in text
     srcs = re.findall(r'src="([^"]*)"', text)
-    assert len(srcs) == 7  # every plot drawn for this study
+    assert len(srcs) == 8  # every plot drawn for this study, the ranking-stability matrix included
     for src in srcs:
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 RUNS_DIR = "runs"
 
 IDENTITY_COLUMNS = ["run_id", "encoder", "encoder_name", "regime", "train_dataset", "fraction", "seed",
-                    "subset_seed"]
+                    "subset_seed", "head"]
 METRIC_COLUMNS = ["miou", "macc", "aacc", "fwiou"]
 # summary.json fields copied into every result row (NaN where the engine wrote null or left the key out)
 SUMMARY_FIELDS = ["epochs_to_converge", "steps_to_converge", "time_to_converge_s", "train_time_s", "steps",
@@ -99,6 +99,7 @@ def identity(cfg: RunConfig, run_id: str) -> dict[str, Any]:
         "fraction": float(cfg.data.fraction),
         "seed": int(cfg.seed),
         "subset_seed": int(cfg.data.subset_seed),
+        "head": cfg.model.head.type,
     }
 
 

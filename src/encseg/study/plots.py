@@ -113,6 +113,7 @@ def plot_miou_vs_fraction(summary: pd.DataFrame, out: str | Path) -> Path | Skip
             s = s.sort_values("fraction")
             ax.errorbar(s["fraction"], s["miou_mean"] * scale, yerr=s["miou_std"].fillna(0.0) * scale,
                         marker="o", capsize=3, label=label, color=colours[label])
+        _efficiency_markers(ax, g, colours, scale)
         fracs = sorted(g["fraction"].unique())
         ax.set_xscale("log")
         ax.set_xticks(fracs, [fraction_label(f) for f in fracs])
@@ -122,6 +123,71 @@ def plot_miou_vs_fraction(summary: pd.DataFrame, out: str | Path) -> Path | Skip
         ax.set_title(f"train {train_ds} -> eval {eval_ds}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+    return _save(fig, out)
+
+
+def _efficiency_markers(ax, g: pd.DataFrame, colours: dict, scale: float) -> None:
+    """Label efficiency against the baseline (``le_*`` columns of summary.csv), where the table has it.
+
+    A star at the interpolated fraction where a series reaches the baseline's mIoU at 100% (a dotted line),
+    with its bootstrap interval as a horizontal bar; a left triangle when the smallest fraction already
+    reaches it. Series that never reach it get no marker.
+    """
+    if "le_status" not in g or "le_target_miou" not in g:
+        return
+    series = g.drop_duplicates("label")
+    targets = series["le_target_miou"].dropna().unique()
+    for t in targets:
+        ax.axhline(t * scale, color="0.4", ls=":", lw=1)
+    lo_f, hi_f = float(g["fraction"].min()), float(g["fraction"].max())
+    for _, r in series.iterrows():
+        if r["le_status"] not in ("reached", "by_smallest") or pd.isna(r["le_fraction"]):
+            continue
+        x, y = float(r["le_fraction"]), float(r["le_target_miou"]) * scale
+        if r["le_status"] == "by_smallest":
+            ax.plot([x], [y], marker="<", ms=11, color=colours[r["label"]], mec="black", ls="none", zorder=5)
+            continue
+        low = min(max(float(r["le_fraction_low"]), lo_f), x)
+        high = max(min(float(r["le_fraction_high"]), hi_f), x)
+        ax.errorbar([x], [y], xerr=[[x - low], [high - x]], marker="*", ms=13, color=colours[r["label"]],
+                    mec="black", capsize=3, ls="none", zorder=5)
+
+
+def plot_rank_agreement(settings: pd.DataFrame, pairs: pd.DataFrame, out: str | Path) -> Path | Skip:
+    """Matrix of Kendall's tau between the encoder rankings of every two settings (``ranking`` tables).
+
+    Settings that share at least 2 encoders with no other setting are left out.
+    """
+    if why := _has(settings, ["setting", "n_encoders"]):
+        return _skip(out, why)
+    if why := _has(pairs, ["setting_a", "setting_b", "tau"]):
+        return _skip(out, "the study holds a single setting" if why == "no finished runs" else why)
+    if pairs["tau"].isna().all():
+        return _skip(out, "no two settings share 2 or more encoders")
+    defined = pairs[pairs["tau"].notna()]
+    shown = set(defined["setting_a"]) | set(defined["setting_b"])
+    settings = settings[settings["setting"].isin(shown)]  # a setting no other can be compared with is noise
+    names = list(settings["setting"])
+    pos = {n: i for i, n in enumerate(names)}
+    mat = np.full((len(names), len(names)), np.nan)
+    for i, n_enc in enumerate(settings["n_encoders"]):
+        mat[i, i] = 1.0 if n_enc >= 2 else np.nan
+    for _, r in defined.iterrows():
+        mat[pos[r["setting_a"]], pos[r["setting_b"]]] = mat[pos[r["setting_b"]], pos[r["setting_a"]]] = r["tau"]
+    size = 0.55 * len(names) + 3.0
+    fig = Figure(figsize=(size + 1.2, size))
+    ax = fig.add_subplot(1, 1, 1)
+    from matplotlib import colormaps
+
+    cmap = colormaps["RdBu"].with_extremes(bad="0.85")
+    im = ax.imshow(np.ma.masked_invalid(mat), cmap=cmap, vmin=-1, vmax=1)
+    if len(names) <= 30:
+        for (i, j), v in np.ndenumerate(mat):
+            ax.text(j, i, "–" if np.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=7)
+    ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.set_title("Kendall's tau between encoder rankings")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     return _save(fig, out)
 
 

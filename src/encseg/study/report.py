@@ -24,7 +24,7 @@ import pandas as pd
 import yaml
 
 from encseg.atomic import atomic_write_bytes, atomic_write_text
-from encseg.study import aggregate, plots, stats
+from encseg.study import aggregate, label_efficiency, plots, ranking, stats
 
 log = logging.getLogger(__name__)
 
@@ -210,36 +210,200 @@ def gain_table(summary: pd.DataFrame, baseline: str, scale: float) -> Table:
                   "baseline mIoU", "note"], rows)
 
 
-def answer_bullets(summary: pd.DataFrame, baseline: str, scale: float) -> list[str]:
-    """A sentence per non-baseline series and in-domain dataset: its gain at the smallest/largest fraction."""
+# ------------------------------------------------- answer in brief, label efficiency, ranking stability
+@dataclass
+class Insights:
+    """Label efficiency (``label_efficiency.COLUMNS``), ranking stability and its cheapest agreement."""
+
+    efficiency: pd.DataFrame
+    stability: ranking.Stability
+    cheapest: ranking.CheapestAgreement
+    convergence_recorded: bool
+
+
+def compute_insights(results: pd.DataFrame, summary: pd.DataFrame, baseline: str, n_boot: int,
+                     seed: int) -> tuple[pd.DataFrame, Insights | None]:
+    """Both statistics from the per-run table, and ``summary`` with the columns behind the brief."""
+    if results.empty:
+        return summary, None
+    eff = label_efficiency.label_efficiency(results, n_boot=n_boot, seed=seed)
+    st = ranking.ranking_stability(results, n_boot=n_boot, seed=seed)
+    conv = stats.convergence_counts(results, stats.GROUP_COLUMNS)
+    summary = summary.drop(columns=[c for c in ("n_unconverged", "n_converged_unknown") if c in summary])
+    summary = summary.merge(conv, on=stats.GROUP_COLUMNS, how="left")
+    summary = label_efficiency.summary_columns(summary, eff, baseline)
+    summary = ranking.rank_columns(summary, st)
+    return summary, Insights(eff, st, ranking.cheapest_agreeing(st), "converged" in results.columns)
+
+
+def _pct(f: float) -> str:
+    return f"{f * 100:.3g}%"
+
+
+def _fraction_interval(low: float, high: float) -> str:
+    if _isnan(low) or _isnan(high):
+        return DASH
+    if math.isinf(low):
+        return "not reached in any resample"
+    if high == 0.0:
+        return "at or below the smallest fraction in every resample"
+    lo = "below the smallest fraction" if low == 0.0 else _pct(low)
+    hi = "not reached" if math.isinf(high) else _pct(high)
+    return f"[{lo}, {hi}]"
+
+
+def _efficiency_claim(r: pd.Series, scale: float) -> str:
+    """How many labels an encoder needs to match the reference at its reference fraction, with the interval."""
+    ref = f"{r['reference']}'s {_pct(r['reference_fraction'])} mIoU ({_f(r['target_miou'], scale)})"
+    interval = f"95% seed-bootstrap interval {_fraction_interval(r['fraction_low'], r['fraction_high'])}"
+    if r["status"] == label_efficiency.REACHED:
+        return (f"matches {ref} with {_pct(r['fraction'])} of the labels ({r['factor']:.1f}x fewer; {interval}")
+    if r["status"] == label_efficiency.BY_SMALLEST:
+        return (f"matches {ref} already at the smallest fraction studied, {_pct(r['fraction'])} "
+                f"(at least {r['factor']:.1f}x fewer labels; {interval}")
+    if r["status"] == label_efficiency.NOT_REACHED:
+        if math.isinf(r["fraction_low"]):
+            return f"does not reach {ref} at any fraction studied (nor in any seed-bootstrap resample"
+        return f"does not reach {ref} at any fraction studied ({interval}"
+    return f"has no {ref} to compare with (the reference lacks that fraction"
+
+
+def _flags(n_seeds: list[Any], unconverged: list[Any], unknown: list[Any]) -> list[str]:
+    """Caveats of a claim from the seeds and convergence counts of the cells it rests on.
+
+    Pass ``unknown`` empty when no run records convergence: the brief says that once for all claims.
+    """
+    out = []
+    counts = [int(n) for n in n_seeds if not _isnan(n)]
+    if counts and min(counts) < 3:
+        out.append(f"only {min(counts)} seed{'s' if min(counts) != 1 else ''}")
+    if any(not _isnan(n) and n > 0 for n in unconverged):
+        out.append("rests on unconverged runs")
+    elif any(not _isnan(n) and n > 0 for n in unknown):
+        out.append("convergence not recorded")
+    return out
+
+
+def _gain_claim(r: pd.Series, base: pd.Series | None, scale: float, recorded: bool) -> str:
+    at = f"at {plots.fraction_label(r['fraction'])}"
+    if _isnan(r["gain_miou"]):
+        return f"no paired comparison {at} ({r['gain_note']})"
+    detail = [f"95% CI {_ci(r['gain_ci_low'], r['gain_ci_high'], scale)}"]
+    if not _isnan(r["gain_ci_low"]) and r["gain_ci_low"] <= 0.0 <= r["gain_ci_high"]:
+        detail.append("includes 0")
+    b = base if base is not None else {}
+    unknown = [r.get("n_converged_unknown"), b.get("n_converged_unknown")] if recorded else []
+    detail += _flags([r["gain_n"]], [r.get("n_unconverged"), b.get("n_unconverged")], unknown)
+    return f"{_f(r['gain_miou'], scale, sign=True)} mIoU points {at} ({'; '.join(detail)})"
+
+
+def brief_sentences(summary: pd.DataFrame, ins: Insights, baseline: str, scale: float) -> list[str]:
+    """One sentence per non-baseline series and in-domain dataset: gains at the smallest and largest fraction
+    over the baseline, and the labels it needs to match the baseline's 100%; each claim with its interval."""
     items = []
-    own = summary[(summary["train_dataset"] == summary["eval_dataset"])
-                  & (summary["gain_note"] != "baseline")]
+    own = summary[summary["train_dataset"] == summary["eval_dataset"]]
+    base_rows = own[own["gain_note"] == "baseline"].set_index(["train_dataset", "fraction"])
     for train in sorted(own["train_dataset"].unique()):
-        g = own[own["train_dataset"] == train]
+        g = own[(own["train_dataset"] == train) & (own["gain_note"] != "baseline")]
         for enc, regime in _ordered_labels(g, baseline):
             s = g[(g["encoder"] == enc) & (g["regime"] == regime)].sort_values("fraction")
             picks = [s.iloc[0]] if len(s) == 1 else [s.iloc[0], s.iloc[-1]]
-            parts = []
-            for r in picks:
-                at = f"at {plots.fraction_label(r['fraction'])} labels"
-                if _isnan(r["gain_miou"]):
-                    parts.append(f"no paired comparison {at} ({r['gain_note']})")
-                    continue
-                stds = [v for v in (r["miou_std"], r["baseline_miou_std"]) if not _isnan(v)]
-                spread = max(stds, default=math.nan)
-                detail = [f"{_int(r['gain_n'])} paired seeds"]
-                if not _isnan(r["gain_ci_low"]):
-                    detail.insert(0, f"95% CI {_ci(r['gain_ci_low'], r['gain_ci_high'], scale)}")
-                if not _isnan(r["gain_p_ttest"]):
-                    detail.insert(-1, _p(r["gain_p_ttest"], "p"))
-                if not _isnan(spread):
-                    bigger = abs(r["gain_miou"]) > spread
-                    detail.append(f"{'larger' if bigger else 'not larger'} than the seed-to-seed spread "
-                                  f"(std up to {_f(spread, scale)})")
-                parts.append(f"{_f(r['gain_miou'], scale, sign=True)} mIoU points {at} ({'; '.join(detail)})")
-            items.append(f"{plots.series_label(enc, regime)} on {train}: " + ", ".join(parts) + ".")
+            gains = [_gain_claim(r, base_rows.loc[(train, r["fraction"])] if (train, r["fraction"]) in
+                                 base_rows.index else None, scale, ins.convergence_recorded) for r in picks]
+            text = f"{plots.series_label(enc, regime)} on {train}: " + " and ".join(gains)
+            e = ins.efficiency
+            ref = label_efficiency.series_name((baseline, "finetune"))
+            le = e[(e["train_dataset"] == train) & (e["eval_dataset"] == train) & (e["encoder"] == enc)
+                   & (e["regime"] == regime) & ((e["reference"] == ref) | e["reference"].str.startswith(ref + ","))]
+            if not le.empty:
+                r = le.iloc[0]
+                flags = _flags([r["n_seeds"]], [1 if r["rests_on_unconverged"] == "yes" else 0],
+                               [1 if r["rests_on_unconverged"] == "unknown" else 0] if ins.convergence_recorded
+                               else [])
+                text += "; it " + _efficiency_claim(r, scale) + "".join(f"; {f}" for f in flags) + ")"
+            items.append(text + ".")
     return items
+
+
+def ranking_sentence(ins: Insights) -> str:
+    """The cheapest setting that ranks the encoders like the most expensive one, or that none does."""
+    c, st = ins.cheapest, ins.stability
+    if c.reference is None:
+        return f"Ranking stability: {c.reason}."
+    ref = st.settings[st.settings["setting"] == c.reference].iloc[0]
+    head = (f"Ranking stability: the most expensive setting, {c.reference} ({ref['cost_s']:.0f} s of training "
+            f"per run), ranks {ref['ranking']}. ")
+    tau = f"Kendall's tau = {c.tau:.2f}, 95% bootstrap interval [{c.tau_low:.2f}, {c.tau_high:.2f}]"
+    if c.setting is not None:
+        cheap = st.settings[st.settings["setting"] == c.setting].iloc[0]
+        return head + (f"The cheapest setting that ranks them the same is {c.setting} ({cheap['cost_s']:.0f} s "
+                       f"per run; {tau}).")
+    return head + ("No cheaper setting ranks them the same: " + c.reason
+                   + (f" ({tau})." if not _isnan(c.tau) else "."))
+
+
+def efficiency_table(ins: Insights, baseline: str, scale: float) -> Table:
+    rows = []
+    for _, r in ins.efficiency.iterrows():
+        fraction = DASH if _isnan(r["fraction"]) else _pct(r["fraction"])
+        factor = DASH if _isnan(r["factor"]) else f"{r['factor']:.1f}x"
+        if r["status"] == label_efficiency.BY_SMALLEST:
+            fraction, factor = f"≤ {fraction}", f"≥ {factor}"
+        rows.append([f"{r['train_dataset']} → {r['eval_dataset']}",
+                     label_efficiency.series_name((r["encoder"], r["regime"], *([] if _isnan(r["head"])
+                                                                                else [r["head"]]))),
+                     r["reference"], _f(r["target_miou"], scale), r["status"].replace("_", " "), fraction,
+                     _fraction_interval(r["fraction_low"], r["fraction_high"]), factor, _int(r["n_seeds"]),
+                     r["rests_on_unconverged"]])
+    return Table(["train → eval", "encoder (regime)", "reference", "reference mIoU at 100%", "status",
+                  "fraction needed", "95% interval (seed bootstrap)", "fewer labels", "seeds",
+                  "rests on unconverged runs"], rows)
+
+
+def stability_blocks(ins: Insights, image: Image) -> list[Block]:
+    st = ins.stability
+    blocks: list[Block] = [Para(ranking_sentence(ins))]
+    blocks.append(Table(["setting", "ranking (best first)", "encoders", "training s per run", "runs"],
+                        [[r["setting"], r["ranking"] or DASH, str(r["n_encoders"]), _f(r["cost_s"], 1, 0),
+                          str(r["n_runs"])] for _, r in st.settings.iterrows()]))
+    defined = st.pairs[st.pairs["tau"].notna()]
+    rows = [[r["setting_a"], r["setting_b"], str(r["n_encoders"]), _f(r["tau"], 1, 2),
+             DASH if _isnan(r["tau_low"]) else f"[{r['tau_low']:.2f}, {r['tau_high']:.2f}]",
+             f"{r['n_boot_used']} of {r['n_boot']}"] for _, r in defined.iterrows()]
+    if len(defined) < len(st.pairs):
+        blocks.append(Para(f"{len(st.pairs) - len(defined)} of {len(st.pairs)} pairs of settings have no "
+                           "defined tau (fewer than 2 encoders in common, or all tied); ranking_tau.csv lists "
+                           "them with the reason."))
+    if rows:
+        blocks.append(Table(["setting A", "setting B", "common encoders", "Kendall's tau-b",
+                             "95% interval (seed bootstrap)", "resamples with a defined tau"], rows))
+    blocks.append(image)
+    return blocks
+
+
+def insight_blocks(ins: Insights, summary: pd.DataFrame, baseline: str, scale: float,
+                   tau_image: Image) -> tuple[list[Block], list[Block]]:
+    """(the opening "In brief" blocks, the label-efficiency and ranking-stability sections)."""
+    brief: list[Block] = [Heading(2, "In brief")]
+    brief.append(Para(f"Per encoder, in-domain: the paired gain over {baseline} (finetune) at the smallest and "
+                      "largest fraction, and the labels it needs to match the baseline at 100%; each claim "
+                      "with its 95% interval and its caveats."
+                      + ("" if ins.convergence_recorded else " The runs do not record whether they "
+                         "converged (no converged column), so no claim can be checked against it.")))
+    brief.append(Bullets([*brief_sentences(summary, ins, baseline, scale), ranking_sentence(ins)]))
+    sections: list[Block] = [
+        Heading(2, "Label efficiency"),
+        Para("The smallest labelled fraction at which an encoder's mean mIoU reaches a reference's mean mIoU at "
+             "100% (the largest fraction when the study has no 100%), interpolated on log(fraction) between the "
+             "two studied fractions around the first crossing; never extrapolated beyond the studied fractions. "
+             "Intervals: percentile bootstrap over training seeds (docs/protocol.md)."),
+        efficiency_table(ins, baseline, scale),
+        Heading(2, "Ranking stability"),
+        Para("Kendall's tau-b between the encoder rankings (by mean mIoU) of every pair of settings; 1 = the "
+             "same order, −1 = reversed. Intervals: percentile bootstrap over training seeds."),
+        *stability_blocks(ins, tau_image),
+    ]
+    return brief, sections
 
 
 def per_seed_table(results: pd.DataFrame, scale: float) -> Table:
@@ -315,7 +479,8 @@ def protocol_blocks(protocol: pd.DataFrame, results: pd.DataFrame, n_boot: int) 
 
 def build_blocks(study_dir: Path, meta: dict, results: pd.DataFrame, summary: pd.DataFrame,
                  figures: list[Image], failures: pd.DataFrame, incomplete: pd.DataFrame,
-                 protocol: pd.DataFrame, n_boot: int) -> list[Block]:
+                 protocol: pd.DataFrame, n_boot: int, insights: Insights | None = None,
+                 tau_image: Image | None = None) -> list[Block]:
     baseline = meta["baseline"]
     scale = plots.percent_scale(results["miou"]) if not results.empty else 100.0
     unit = "mIoU in %" if scale == 100 else "mIoU"
@@ -323,6 +488,9 @@ def build_blocks(study_dir: Path, meta: dict, results: pd.DataFrame, summary: pd
     n_runs = results["run_id"].nunique() if not results.empty else 0
     blocks.append(Para(f"Study directory: {study_dir}. {n_runs} finished runs, {len(failures)} failed, "
                        f"{len(incomplete)} incomplete."))
+    brief, insight_sections = (insight_blocks(insights, summary, baseline, scale, tau_image)
+                               if insights is not None and tau_image is not None else ([], []))
+    blocks.extend(brief)
     blocks.append(Heading(2, "The question"))
     blocks.append(Para(f"How much does each pretrained encoder improve Mask2Former semantic segmentation "
                        f"over the {baseline} baseline (the same architecture with a randomly initialised "
@@ -333,10 +501,6 @@ def build_blocks(study_dir: Path, meta: dict, results: pd.DataFrame, summary: pd
     else:
         if not ((results["encoder"] == baseline) & (results["regime"] == "finetune")).any():
             blocks.append(Para(f"No finished {baseline} (finetune) run: gains cannot be computed."))
-        answers = answer_bullets(summary, baseline, scale)
-        if answers:
-            blocks.append(Para("In brief (in-domain evaluation, smallest and largest fraction):"))
-            blocks.append(Bullets(answers))
         blocks.append(Heading(2, f"Headline: {unit}, mean ± std over seeds"))
         blocks.append(Para("Best mean per column in bold."))
         blocks.extend(headline_tables(summary, baseline, scale))
@@ -344,6 +508,7 @@ def build_blocks(study_dir: Path, meta: dict, results: pd.DataFrame, summary: pd
         blocks.append(Para("Gain = encoder − baseline on runs paired by seed and subset seed, in mIoU "
                            "points; p-values two-sided."))
         blocks.append(gain_table(summary, baseline, scale))
+        blocks.extend(insight_sections)
     blocks.append(Heading(2, "Plots"))
     blocks.extend(figures)
     blocks.append(Heading(2, "Per-seed results"))
@@ -364,7 +529,8 @@ def build_blocks(study_dir: Path, meta: dict, results: pd.DataFrame, summary: pd
     blocks.extend(protocol_blocks(protocol, results, n_boot))
     blocks.append(Heading(2, "Files"))
     blocks.append(Para("results.csv / results.parquet (one row per run x eval dataset), per_class.csv, "
-                       "summary.csv (statistics per cell), plots/*.png, report.md."))
+                       "summary.csv (statistics per cell), label_efficiency.csv, ranking_settings.csv, "
+                       "ranking_tau.csv, plots/*.png, report.md."))
     return blocks
 
 
@@ -458,6 +624,14 @@ def _write_tables(study_dir: Path, results: pd.DataFrame, per_class: pd.DataFram
     atomic_write_text(study_dir / "summary.csv", summary.to_csv(index=False))
 
 
+def _write_insight_tables(study_dir: Path, ins: Insights | None) -> None:
+    if ins is None:
+        return
+    atomic_write_text(study_dir / "label_efficiency.csv", ins.efficiency.to_csv(index=False))
+    atomic_write_text(study_dir / "ranking_settings.csv", ins.stability.settings.to_csv(index=False))
+    atomic_write_text(study_dir / "ranking_tau.csv", ins.stability.pairs.to_csv(index=False))
+
+
 def _figures(study_dir: Path, results, summary, per_class, histories) -> list[Image]:
     d = study_dir / "plots"
     best = plots.best_runs(results) if not results.empty else results
@@ -465,7 +639,9 @@ def _figures(study_dir: Path, results, summary, per_class, histories) -> list[Im
                                                                   best.get("eval_dataset", []), strict=True)))
     return [
         Image("mIoU vs labelled fraction", plots.plot_miou_vs_fraction(summary, d / "miou_vs_fraction.png"),
-              "Mean over seeds; error bars = std; log x axis."),
+              "Mean over seeds; error bars = std; log x axis. Stars: where a series reaches the baseline's "
+              "mIoU at 100% (dotted line), horizontal bar = 95% seed-bootstrap interval; a left triangle: "
+              "reached already at the smallest fraction."),
         Image("Training loss", plots.plot_loss_curves(histories, d / "loss_curves.png"),
               "Mean over seeds; band = std."),
         Image("Epochs to converge", plots.plot_epochs_to_converge(summary, d / "epochs_to_converge.png"),
@@ -496,9 +672,16 @@ def write_report(study_dir: str | Path, n_boot: int = 2000, seed: int = 0) -> Pa
     protocol = aggregate.collect_protocol(study_dir)
     summary = stats.summarize(results, baseline=meta["baseline"], per_image=per_image, n_boot=n_boot,
                               seed=seed)
+    summary, insights = compute_insights(results, summary, meta["baseline"], n_boot, seed)
     _write_tables(study_dir, results, per_class, summary)
+    _write_insight_tables(study_dir, insights)
     figures = _figures(study_dir, results, summary, per_class, histories)
-    blocks = build_blocks(study_dir, meta, results, summary, figures, failures, incomplete, protocol, n_boot)
+    tau_image = None if insights is None else Image(
+        "Ranking stability", plots.plot_rank_agreement(insights.stability.settings, insights.stability.pairs,
+                                                        study_dir / "plots" / "rank_tau.png"),
+        "Kendall's tau-b between the encoder rankings of two settings; '–' where fewer than 2 encoders are shared.")
+    blocks = build_blocks(study_dir, meta, results, summary, figures, failures, incomplete, protocol, n_boot,
+                          insights, tau_image)
     atomic_write_text(study_dir / "report.md", render_markdown(blocks, study_dir))
     return atomic_write_text(study_dir / "report.html", render_html(blocks))
 

@@ -274,3 +274,69 @@ def summarize(results: pd.DataFrame, baseline: str = "random", baseline_regime: 
     out = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
     return out.sort_values(["train_dataset", "eval_dataset", "encoder", "regime", "fraction"], kind="stable",
                            ignore_index=True)
+
+
+# --------------------------------------------------------------------------- bootstrap over seeds
+def seed_units(results: pd.DataFrame) -> list[tuple]:
+    """The study's training seeds as resampling units: the distinct (seed, subset_seed) pairs, sorted."""
+    return sorted({tuple(k) for k in results[PAIR_COLUMNS].itertuples(index=False)})
+
+
+def seed_matrix(results: pd.DataFrame, cell_columns: list[str], units: list[tuple],
+                value: str = "miou") -> tuple[pd.DataFrame, np.ndarray]:
+    """Cells (one row per distinct ``cell_columns`` tuple) x seed units of ``value``; NaN where absent.
+
+    Two rows of one cell and unit (the same cell run twice under two names) are averaged.
+    """
+    keys = results[cell_columns].drop_duplicates().sort_values(cell_columns, kind="stable",
+                                                               ignore_index=True)
+    unit_index = {u: j for j, u in enumerate(units)}
+    cell_index = {tuple(k): i for i, k in enumerate(keys.itertuples(index=False))}
+    sums = np.zeros((len(keys), len(units)))
+    counts = np.zeros((len(keys), len(units)))
+    for row in results[[*cell_columns, *PAIR_COLUMNS, value]].itertuples(index=False):
+        v = float(row[-1])
+        if math.isnan(v):
+            continue
+        i = cell_index[tuple(row[:len(cell_columns)])]
+        j = unit_index[tuple(row[len(cell_columns):-1])]
+        sums[i, j] += v
+        counts[i, j] += 1
+    with np.errstate(invalid="ignore"):
+        return keys, np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+
+
+def seed_weights(n_units: int, n_boot: int, seed: int = 0) -> np.ndarray:
+    """Row 0: every seed once (the point estimate); rows 1..n_boot: multinomial resamples of the seeds.
+
+    The same resampled seeds serve every cell of a resample, so the bootstrap keeps the pairing of cells
+    trained from one seed (same data order and initial state).
+    """
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, n_units, size=(n_boot, n_units))
+    weights = np.zeros((n_boot + 1, n_units))
+    weights[0] = 1.0
+    for j in range(n_units):
+        weights[1:, j] = (draws == j).sum(axis=1)
+    return weights
+
+
+def weighted_means(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """(resamples, cells) means of ``values`` (cells x seeds, NaN = absent) under seed ``weights``."""
+    present = ~np.isnan(values)
+    num = weights @ np.where(present, values, 0.0).T
+    den = weights @ present.T.astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+
+
+def convergence_counts(results: pd.DataFrame, cell_columns: list[str]) -> pd.DataFrame:
+    """Per cell: ``n_unconverged`` runs (``converged`` False) and ``n_converged_unknown`` (no value).
+
+    A table without the ``converged`` column gives every run as unknown.
+    """
+    conv = results["converged"] if "converged" in results else pd.Series(np.nan, index=results.index)
+    known = conv.map(lambda v: isinstance(v, (bool, np.bool_)) or v in (0, 1, "True", "False"))
+    false = conv.map(lambda v: v is False or v is np.False_ or v == 0 or v == "False") & known
+    df = results[cell_columns].assign(n_unconverged=false.astype(int), n_converged_unknown=(~known).astype(int))
+    return df.groupby(cell_columns, as_index=False, sort=True)[["n_unconverged", "n_converged_unknown"]].sum()
