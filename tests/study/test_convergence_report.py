@@ -173,3 +173,18 @@ def test_all_converged_study_says_so(tmp_path):
     assert DAGGER not in text.split("Per-seed results")[0]
     assert "Every cell converged on every seed" in text
     assert np.isfinite(pd.read_csv(tmp_path / "summary.csv")["epochs_to_converge_mean"]).all()
+
+
+def test_epochs_plot_keeps_a_cell_where_no_seed_converged(monkeypatch, tmp_path):
+    figs = _capture(monkeypatch)
+    summary = pd.DataFrame({
+        "encoder": ["random", "random"], "regime": "finetune", "train_dataset": "synth_a",
+        "eval_dataset": "synth_a", "cross": False, "fraction": [0.1, 1.0],
+        "epochs_to_converge_mean": [4.0, math.nan], "epochs_to_converge_std": [0.5, math.nan],
+        "n_seeds": [2, 2], "n_converged": [2, 0], "all_converged": [True, False]})
+    plots.plot_epochs_to_converge(summary, tmp_path / "e.png")
+    ax = figs[0].axes[0]
+    assert [t.get_text() for t in ax.texts] == ["0/2"]  # no bar, but the cell is labelled, not silently dropped
+    assert [p.get_height() for p in ax.patches if not math.isnan(p.get_height())] == [4.0]
+    summary["epochs_to_converge_mean"] = math.nan
+    assert not plots.plot_epochs_to_converge(summary, tmp_path / "e2.png")  # Skip: nothing converged

@@ -188,10 +188,11 @@ def plot_epochs_to_converge(summary: pd.DataFrame, out: str | Path) -> Path | Sk
     if why := _has(summary, cols):
         return _skip(out, why)
     df = _in_domain(summary)
-    # epochs_to_converge is NaN for runs that did not converge (aggregate): only converged seeds are averaged
-    df = df[df["epochs_to_converge_mean"].notna()]
-    if df.empty:
+    # epochs_to_converge is NaN for runs that did not converge (aggregate): only converged seeds are averaged,
+    # and a cell where none converged keeps its place with a 0/n label instead of a bar
+    if df["epochs_to_converge_mean"].isna().all():
         return _skip(out, "no run converged (epochs to converge are shown for converged runs only)")
+    df = df[df["epochs_to_converge_mean"].notna() | unconverged_mask(df)]
     # a run property repeated for every eval dataset: keep one row per (series, dataset, fraction)
     df = df.drop_duplicates(["encoder", "regime", "train_dataset", "fraction"])
     df = df.assign(label=_labels(df))
@@ -227,9 +228,9 @@ def _mark_partial_bars(ax, bars, s: pd.DataFrame) -> None:
             bar.set_facecolor("white")
             bar.set_edgecolor(colour)
             bar.set_hatch("//")
+            height = 0.0 if math.isnan(bar.get_height()) else bar.get_height()
             ax.annotate(f"{int(r['n_converged'])}/{int(r['n_seeds'])}", (bar.get_x() + bar.get_width() / 2,
-                        bar.get_height()), ha="center", va="bottom", fontsize=7, xytext=(0, 2),
-                        textcoords="offset points")
+                        height), ha="center", va="bottom", fontsize=7, xytext=(0, 2), textcoords="offset points")
 
 
 def plot_efficiency(summary: pd.DataFrame, out: str | Path) -> Path | Skip:
