@@ -311,7 +311,8 @@ def _convergence_protocol(results: pd.DataFrame) -> str:
     runs = results.drop_duplicates("run_id")
     conv = (runs["converged"] if "converged" in runs else pd.Series(pd.NA, index=runs.index)).astype("boolean")
     criteria = _distinct(c for c in runs.get("criterion", pd.Series(dtype=str)) if isinstance(c, str) and c)
-    return (f"Convergence: the engine's stopping criterion on the dev split (settings: {criteria}); "
+    return (f"Convergence: judged by the engine's criterion on the dev-split curve, which also stops runs on the "
+            f"converge budget (settings: {criteria}); "
             f"{int(conv.fillna(False).sum())} of {len(runs)} runs converged, "
             f"{int((~conv.fillna(True)).sum())} did not, {int(conv.isna().sum())} did not record it. "
             "Epochs to converge = the optimiser step where the criterion fired / steps per epoch, shown only "
@@ -427,8 +428,9 @@ def build_blocks(study_dir: Path, meta: dict, results: pd.DataFrame, summary: pd
 
 
 def _unconverged_note(summary: pd.DataFrame, extra: str = "") -> list[Block]:
+    """The footnote under a table with marked cells; under the headline, the all-clear when there are none."""
     if not any(_unconverged(r) for _, r in summary.iterrows()):
-        return [Para("Every cell converged on every seed by the stopping criterion.")]
+        return [] if extra else [Para("Every cell converged on every seed by the convergence criterion.")]
     return [Para(UNCONVERGED_NOTE + (f" Here {extra}." if extra else ""))]
 
 
