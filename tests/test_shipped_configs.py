@@ -26,7 +26,7 @@ RECIPE = {
     "model.head.dice_weight": 5.0, "model.head.no_object_weight": 0.1, "model.neck.channels": 256,
     "model.regime.mode": "finetune", "model.regime.layer_decay": 1.0,
     "train.optimizer": "adamw", "train.lr": 1e-4, "train.weight_decay": 0.05, "train.betas": (0.9, 0.999),
-    "train.budget": "iters", "train.poly_power": 0.9, "train.warmup_iters": 1500, "train.grad_clip": 0.01,
+    "train.poly_power": 0.9, "train.warmup_iters": 1500, "train.grad_clip": 0.01,
     "data.scale_range": (0.5, 2.0), "data.cat_max_ratio": 0.75, "data.flip": True, "data.photometric": True,
     "eval.mode": "whole", "eval.flip": False, "eval.scales": [1.0], "eval.checkpoint": "last",
 }
@@ -103,6 +103,7 @@ def test_run_config_is_the_recipe_on_its_dataset(dataset):
     path = CONFIGS / "runs" / f"{dataset}_m2f_vitb.yaml"
     cfg = load_run_config(path)
     _check_recipe(cfg, dataset, path.name)
+    assert cfg.train.budget == "iters"  # the published schedule; the studies cap their converge budget with it
     assert cfg.model.regime.lr_mult == 0.1
     # the inlined dataset section is exactly the shipped dataset config
     shipped = validate(DatasetConfig, read_yaml(CONFIGS / "datasets" / f"{dataset}.yaml"))
@@ -123,6 +124,8 @@ def test_study_grid_is_six_encoders_by_five_fractions_by_three_seeds(dataset):
     for r in runs:
         where = f"{study.name} cell {r.tags}"
         _check_recipe(r, dataset, where)
+        # each cell trains until its dev curve converges, at most the published schedule (_check_recipe)
+        assert r.train.budget == "converge" and 0 < r.train.min_iters < r.train.max_iters, where
         label = r.tags["encoder"]
         assert get_spec(r.model.encoder.name).family == LABELS[label], where
         # pretrained encoders at 0.1 x the head LR; random init has nothing to protect (docs/recipes.md)
@@ -164,3 +167,18 @@ def test_plan_prints_the_grid_and_the_gpu_hours_documented_in_recipes(dataset):
     stated = re.search(rf"`{study.name}`[^\n]*?= \*\*([\d,]+) GPU-hours\*\*", doc)
     assert stated, f"docs/recipes.md has no GPU-hour line for {study.name}"
     assert _hours(stated.group(1)) == round(hours)
+
+
+@pytest.mark.parametrize("dataset", REAL)
+def test_one_week_study_fits_one_gpu_for_a_week(dataset):
+    study = load_study(CONFIGS / "studies" / f"{dataset}_vitb_week.yaml")
+    runs = expand(study)
+    assert all(r.train.budget == "converge" and r.train.devices * r.train.num_nodes == 1 for r in runs)
+    assert study.slurm.gpus_per_node == 1 and study.baseline == "random"
+    assert "random" in {r.tags["encoder"] for r in runs} and len({r.seed for r in runs}) >= 2
+    cost = study_cost(study, runs)
+    assert cost.unknown == 0
+    # the worst case (every cell to its cap) is at most one GPU-week at the study's stated speed
+    assert cost.total_gpu_hours <= 168
+    readme = (REPO / "README.md").read_text()
+    assert f"{dataset}_vitb_week.yaml" in readme

@@ -77,6 +77,11 @@ def default_summary(cfg: RunConfig, rid: str, **overrides) -> dict:
         "params_total": 5_000_000, "params_trainable": 5_000_000, "params_encoder": 3_000_000,
         "params_neck": 500_000, "params_head": 1_500_000, "gflops": 1.5, "infer_ms_per_image": 12.0,
         "infer_p90_ms": 14.0, "images_per_s": 80.0, "peak_mem_mb": None,
+        # convergence record (CONTRACT: issue 10); a converged run unless a test says otherwise
+        "converged": True, "converged_iter": 50, "iters_trained": 100, "epochs_trained": 10.0,
+        "train_wall_s": 60.0, "budget": cfg.train.budget, "max_iters": cfg.train.max_iters,
+        "criterion": {"metric": "dev_miou", "patience": 5, "min_delta": 0.005, "loss_min_delta": 0.01,
+                      "anneal_fraction": 0.2, "min_iters": 0, "val_every": 10},
     }
     summary.update(overrides)
     return summary

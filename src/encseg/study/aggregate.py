@@ -15,6 +15,7 @@ Identity columns come from the run's ``config.yaml``: ``encoder`` is the study l
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from pathlib import Path
@@ -39,8 +40,11 @@ METRIC_COLUMNS = ["miou", "macc", "aacc", "fwiou"]
 SUMMARY_FIELDS = ["epochs_to_converge", "steps_to_converge", "time_to_converge_s", "train_time_s", "steps",
                   "infer_ms_per_image", "infer_p90_ms", "images_per_s", "peak_mem_mb", "params_total",
                   "params_trainable", "params_encoder", "params_neck", "params_head", "gflops"]
+# convergence record of a run (docs/architecture.md "summary.json"); see ``convergence()``
+CONVERGENCE_FIELDS = ["converged", "converged_iter", "iters_trained", "epochs_trained", "train_wall_s",
+                      "budget", "max_iters", "criterion"]
 RESULT_COLUMNS = [*IDENTITY_COLUMNS, "eval_dataset", "cross", *METRIC_COLUMNS, *SUMMARY_FIELDS,
-                  "eval_split", "eval_num_images", "eval_num_classes", "weights"]
+                  *CONVERGENCE_FIELDS, "eval_split", "eval_num_images", "eval_num_classes", "weights"]
 FAILURE_COLUMNS = ["run_id", "encoder", "regime", "train_dataset", "fraction", "seed", "error"]
 INCOMPLETE_COLUMNS = ["run_id", "encoder", "regime", "train_dataset", "fraction", "seed", "state", "reason"]
 
@@ -142,6 +146,45 @@ def _summary(rd: RunDir) -> dict:
     return out
 
 
+def convergence(summary: dict, cfg: RunConfig, path: Path) -> dict[str, Any]:
+    """The run's convergence record as result columns; ``path`` (its summary.json) names bad values.
+
+    ``converged`` is True/False as the engine judged it, or None ("not recorded") for a summary written before
+    the engine recorded it; such a run counts as unconverged wherever a claim depends on it. ``budget`` and
+    ``max_iters`` fall back to the run's config. ``criterion`` is the criterion's settings as compact JSON.
+    """
+    converged = summary.get("converged")
+    if converged is not None and not isinstance(converged, bool):
+        raise StudyDataError(f"{path}: converged must be true, false or null, got {converged!r}")
+    out: dict[str, Any] = {"converged": converged}
+    for key in ("converged_iter", "iters_trained", "epochs_trained", "train_wall_s", "max_iters"):
+        try:
+            out[key] = _num(summary.get(key))
+        except TypeError as e:
+            raise StudyDataError(f"{path}: {key} {e}") from None
+    if math.isnan(out["max_iters"]):
+        out["max_iters"] = float(cfg.train.max_iters)
+    out["budget"] = str(summary.get("budget") or cfg.train.budget)
+    criterion = summary.get("criterion")
+    if criterion is not None and not isinstance(criterion, dict):
+        raise StudyDataError(f"{path}: criterion must be a mapping of the criterion's settings, got {criterion!r}")
+    out["criterion"] = "" if criterion is None else json.dumps(criterion, sort_keys=True, separators=(",", ":"))
+    return out
+
+
+def _run_record(rd: RunDir, cfg: RunConfig) -> dict[str, Any]:
+    """summary.json fields of a result row: ``SUMMARY_FIELDS`` and ``CONVERGENCE_FIELDS``.
+
+    ``epochs_to_converge`` is kept only where the run converged: a value from an unconverged (or unrecorded)
+    run is a fraction of a best that may still have been rising, not where training converged.
+    """
+    out = _summary(rd)
+    out.update(convergence(_read(rd.summary_path), cfg, rd.summary_path))
+    if out["converged"] is not True:
+        out["epochs_to_converge"] = math.nan
+    return out
+
+
 def _is_cross(dataset: str, train_dataset: str, ev: dict) -> bool:
     return dataset != train_dataset or bool(ev.get("cross"))
 
@@ -155,7 +198,7 @@ def collect_results(study_dir: str | Path) -> pd.DataFrame:
     rows = []
     for rd, cfg in _done_with_config(study_dir):
         ident = identity(cfg, rd.name)
-        summary = _summary(rd)
+        summary = _run_record(rd, cfg)
         for path in eval_files(rd):
             ev = _eval_record(path)
             metrics = ev["metrics"]
@@ -172,6 +215,7 @@ def collect_results(study_dir: str | Path) -> pd.DataFrame:
             })
     df = pd.DataFrame(rows, columns=RESULT_COLUMNS)
     df["cross"] = df["cross"].astype(bool)
+    df["converged"] = df["converged"].astype("boolean")  # missing -> <NA>: convergence not recorded
     return df.sort_values(["train_dataset", "eval_dataset", "encoder", "regime", "fraction", "seed"],
                           kind="stable", ignore_index=True)
 

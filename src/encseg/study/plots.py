@@ -113,6 +113,7 @@ def plot_miou_vs_fraction(summary: pd.DataFrame, out: str | Path) -> Path | Skip
             s = s.sort_values("fraction")
             ax.errorbar(s["fraction"], s["miou_mean"] * scale, yerr=s["miou_std"].fillna(0.0) * scale,
                         marker="o", capsize=3, label=label, color=colours[label])
+            _hollow_unconverged(ax, s, "miou_mean", scale, colours[label])
         _efficiency_markers(ax, g, colours, scale)
         fracs = sorted(g["fraction"].unique())
         ax.set_xscale("log")
@@ -122,7 +123,7 @@ def plot_miou_vs_fraction(summary: pd.DataFrame, out: str | Path) -> Path | Skip
         ax.set_ylabel("mIoU (%)" if scale == 100 else "mIoU")
         ax.set_title(f"train {train_ds} -> eval {eval_ds}")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        _legend_with_unconverged(ax, g)
     return _save(fig, out)
 
 
@@ -189,6 +190,32 @@ def plot_rank_agreement(settings: pd.DataFrame, pairs: pd.DataFrame, out: str | 
     ax.set_title("Kendall's tau between encoder rankings")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     return _save(fig, out)
+def unconverged_mask(df: pd.DataFrame) -> pd.Series:
+    """Rows (summary cells) with a seed that did not converge or did not record it; none without the column."""
+    if "all_converged" not in df:
+        return pd.Series(False, index=df.index)
+    return ~df["all_converged"].fillna(False).astype(bool)
+
+
+def _hollow_unconverged(ax, s: pd.DataFrame, col: str, scale: float, colour) -> None:
+    """Redraw the markers of unconverged cells hollow (white fill) over the series' filled markers."""
+    bad = s[unconverged_mask(s)]
+    if not bad.empty:
+        ax.plot(bad["fraction"], bad[col] * scale, linestyle="none", marker="o", markersize=8,
+                markerfacecolor="white", markeredgecolor=colour, markeredgewidth=1.5, zorder=3)
+
+
+def _legend_with_unconverged(ax, g: pd.DataFrame, bars: bool = False) -> None:
+    """The series legend, plus an entry for the hollow markers (hatched bars) of unconverged cells."""
+    handles, labels = ax.get_legend_handles_labels()
+    if unconverged_mask(g).any():
+        from matplotlib.lines import Line2D
+        from matplotlib.patches import Patch
+
+        handles.append(Patch(facecolor="white", edgecolor="black", hatch="//") if bars else
+                       Line2D([], [], linestyle="none", marker="o", markerfacecolor="white", markeredgecolor="black"))
+        labels.append("hatched: k/n seeds converged" if bars else "hollow: not every seed converged")
+    ax.legend(handles, labels, fontsize=8)
 
 
 def plot_loss_curves(histories: pd.DataFrame, out: str | Path) -> Path | Skip:
@@ -225,9 +252,11 @@ def plot_epochs_to_converge(summary: pd.DataFrame, out: str | Path) -> Path | Sk
     if why := _has(summary, cols):
         return _skip(out, why)
     df = _in_domain(summary)
-    df = df[df["epochs_to_converge_mean"].notna()]
-    if df.empty:
-        return _skip(out, "no run recorded epochs_to_converge")
+    # epochs_to_converge is NaN for runs that did not converge (aggregate): only converged seeds are averaged,
+    # and a cell where none converged keeps its place with a 0/n label instead of a bar
+    if df["epochs_to_converge_mean"].isna().all():
+        return _skip(out, "no run converged (epochs to converge are shown for converged runs only)")
+    df = df[df["epochs_to_converge_mean"].notna() | unconverged_mask(df)]
     # a run property repeated for every eval dataset: keep one row per (series, dataset, fraction)
     df = df.drop_duplicates(["encoder", "regime", "train_dataset", "fraction"])
     df = df.assign(label=_labels(df))
@@ -241,15 +270,31 @@ def plot_epochs_to_converge(summary: pd.DataFrame, out: str | Path) -> Path | Sk
         for i, label in enumerate(labels):
             s = g[g["label"] == label].set_index("fraction").reindex(fracs)
             x = np.arange(len(fracs)) + (i - (len(labels) - 1) / 2) * width
-            ax.bar(x, s["epochs_to_converge_mean"], width, yerr=s["epochs_to_converge_std"].fillna(0),
-                   capsize=3, label=label, color=colours[label])
+            bars = ax.bar(x, s["epochs_to_converge_mean"], width, yerr=s["epochs_to_converge_std"].fillna(0),
+                          capsize=3, label=label, color=colours[label])
+            _mark_partial_bars(ax, bars, s)
         ax.set_xticks(np.arange(len(fracs)), [fraction_label(f) for f in fracs])
         ax.set_xlabel("labelled fraction")
-        ax.set_ylabel("epochs to converge")
+        ax.set_ylabel("epochs to converge (converged seeds)")
         ax.set_title(f"train {train_ds}")
         ax.grid(alpha=0.3, axis="y")
-        ax.legend(fontsize=8)
+        _legend_with_unconverged(ax, g, bars=True)
     return _save(fig, out)
+
+
+def _mark_partial_bars(ax, bars, s: pd.DataFrame) -> None:
+    """Hatch, and label ``k/n``, the bars of cells where only some seeds converged (their mean is over k)."""
+    if "n_converged" not in s:
+        return
+    for bar, (_, r) in zip(bars, s.iterrows(), strict=True):
+        if pd.notna(r.get("n_converged")) and pd.notna(r.get("n_seeds")) and r["n_converged"] < r["n_seeds"]:
+            colour = bar.get_facecolor()
+            bar.set_facecolor("white")
+            bar.set_edgecolor(colour)
+            bar.set_hatch("//")
+            height = 0.0 if math.isnan(bar.get_height()) else bar.get_height()
+            ax.annotate(f"{int(r['n_converged'])}/{int(r['n_seeds'])}", (bar.get_x() + bar.get_width() / 2,
+                        height), ha="center", va="bottom", fontsize=7, xytext=(0, 2), textcoords="offset points")
 
 
 def plot_efficiency(summary: pd.DataFrame, out: str | Path) -> Path | Skip:

@@ -24,7 +24,7 @@ import pandas as pd
 import yaml
 
 from encseg.atomic import atomic_write_bytes, atomic_write_text
-from encseg.study import aggregate, label_efficiency, plots, ranking, stats
+from encseg.study import aggregate, label_efficiency, plan, plots, ranking, stats
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +117,33 @@ def _distinct(values) -> str:
     return ", ".join(seen) if seen else DASH
 
 
+# ------------------------------------------------------------------------------------- convergence
+DAGGER = "†"
+UNCONVERGED_NOTE = (f"{DAGGER} Not every seed of this cell converged by the stopping criterion (or its convergence "
+                    "was not recorded): the number may reflect the training budget rather than the encoder.")
+
+
+def _unconverged(r: pd.Series | dict, baseline: bool = False) -> bool:
+    """Whether a summary row (and, with ``baseline``, its baseline cell) has a seed that did not converge."""
+    if not r.get("all_converged", False):
+        return True
+    return baseline and not r.get("baseline_all_converged", True)
+
+
+def _mark(text: str, r: pd.Series | dict, baseline: bool = False) -> str:
+    return f"{text} {DAGGER}" if text != DASH and _unconverged(r, baseline) else text
+
+
+def _caveat(r: pd.Series | dict) -> str:
+    """The caveat an 'in brief' claim carries when the cell or its baseline did not converge."""
+    if not _unconverged(r, baseline=True):
+        return ""
+    who = [w for w, ok in (("this cell", r.get("all_converged", False)),
+                           ("the baseline", r.get("baseline_all_converged", True))) if not ok]
+    return (f" {DAGGER} caveat: {' and '.join(who)} did not converge on every seed, so this gain may be an "
+            "artefact of the training budget")
+
+
 # -------------------------------------------------------------------------------------- study file
 def read_study_meta(study_dir: Path) -> dict[str, Any]:
     """``name`` and ``baseline`` from ``<study_dir>/study.yaml`` when it has them.
@@ -171,7 +198,7 @@ def headline_tables(summary: pd.DataFrame, baseline: str, scale: float) -> list[
             cells, row_means = [], []
             for f in fracs:
                 if f in s.index:
-                    cells.append(_mean_std(s.at[f, "miou_mean"], s.at[f, "miou_std"], scale))
+                    cells.append(_mark(_mean_std(s.at[f, "miou_mean"], s.at[f, "miou_std"], scale), s.loc[f]))
                     row_means.append(s.at[f, "miou_mean"])
                 else:
                     cells.append(DASH)
@@ -200,7 +227,7 @@ def gain_table(summary: pd.DataFrame, baseline: str, scale: float) -> Table:
             for _, r in g[(g["encoder"] == enc) & (g["regime"] == regime)].sort_values("fraction").iterrows():
                 rows.append([
                     f"{train} → {ev}", plots.series_label(enc, regime), plots.fraction_label(r["fraction"]),
-                    _int(r["gain_n"]), _f(r["gain_miou"], scale, sign=True),
+                    _int(r["gain_n"]), _mark(_f(r["gain_miou"], scale, sign=True), r, baseline=True),
                     _ci(r["gain_ci_low"], r["gain_ci_high"], scale), _p(r["gain_p_ttest"]),
                     _p(r["gain_p_wilcoxon"]), _ci(r["gain_boot_low"], r["gain_boot_high"], scale),
                     _mean_std(r["baseline_miou_mean"], r["baseline_miou_std"], scale), r["gain_note"] or "",
@@ -411,9 +438,17 @@ def per_seed_table(results: pd.DataFrame, scale: float) -> Table:
              r["eval_dataset"], plots.fraction_label(r["fraction"]), str(r["seed"]),
              *[_f(r[m], scale) for m in aggregate.METRIC_COLUMNS],
              _f(r["epochs_to_converge"]), _f(r["train_time_s"], 1, 0), _f(r["infer_ms_per_image"], 1, 2),
-             _f(r["gflops"], 1, 2)] for _, r in results.iterrows()]
+             _f(r["gflops"], 1, 2), *_run_convergence_cells(r)] for _, r in results.iterrows()]
     return Table(["run", "encoder (regime)", "train", "eval", "fraction", "seed", "mIoU", "mAcc", "aAcc",
-                  "fwIoU", "epochs to converge", "train time (s)", "ms / image", "GFLOPs"], rows)
+                  "fwIoU", "epochs to converge", "train time (s)", "ms / image", "GFLOPs", "iterations",
+                  "converged"], rows)
+
+
+def _run_convergence_cells(r: pd.Series) -> list[str]:
+    """``iterations trained / cap`` and ``yes`` / ``no †`` / ``not recorded †`` for one run."""
+    iters = DASH if _isnan(r.get("iters_trained")) else f"{_int(r['iters_trained'])} / {_int(r.get('max_iters'))}"
+    conv = r.get("converged")
+    return [iters, "yes" if conv is True else (f"no {DAGGER}" if conv is False else f"not recorded {DAGGER}")]
 
 
 def _identity_cells(r: pd.Series) -> list[str]:
@@ -427,6 +462,25 @@ def _triple(values: list[float] | None) -> str | None:
     return None if values is None else "(" + ", ".join(f"{v:.3f}" for v in values) + ")"
 
 
+def _budget_words(r) -> str:
+    if r.budget == "converge":
+        return f"until converged, at most {r.max_iters} iterations"
+    return f"{r.max_iters} iterations" if r.budget == "iters" else f"{r.max_epochs} epochs"
+
+
+def _convergence_protocol(results: pd.DataFrame) -> str:
+    """The convergence criterion in one sentence, with how many runs met it."""
+    runs = results.drop_duplicates("run_id")
+    conv = (runs["converged"] if "converged" in runs else pd.Series(pd.NA, index=runs.index)).astype("boolean")
+    criteria = _distinct(c for c in runs.get("criterion", pd.Series(dtype=str)) if isinstance(c, str) and c)
+    return (f"Convergence: judged by the engine's criterion on the dev-split curve, which also stops runs on the "
+            f"converge budget (settings: {criteria}); "
+            f"{int(conv.fillna(False).sum())} of {len(runs)} runs converged, "
+            f"{int((~conv.fillna(True)).sum())} did not, {int(conv.isna().sum())} did not record it. "
+            "Epochs to converge = the optimiser step where the criterion fired / steps per epoch, shown only "
+            f"for runs that converged; cells with an unconverged seed are marked {DAGGER}.")
+
+
 def protocol_blocks(protocol: pd.DataFrame, results: pd.DataFrame, n_boot: int) -> list[Block]:
     if protocol.empty:
         return [Para("No finished run to read the protocol from.")]
@@ -436,8 +490,7 @@ def protocol_blocks(protocol: pd.DataFrame, results: pd.DataFrame, n_boot: int) 
                       for r in p.itertuples())
     budget = []
     for f, g in p.groupby("fraction", sort=True):
-        kinds = _distinct(f"{r.max_iters} iterations" if r.budget == "iters" else f"{r.max_epochs} epochs"
-                          for r in g.itertuples())
+        kinds = _distinct(_budget_words(r) for r in g.itertuples())
         budget.append(f"{plots.fraction_label(f)}: {kinds}")
     n_seeds = results.groupby(["encoder", "regime", "train_dataset", "eval_dataset", "fraction"]).size()
     items = [
@@ -453,8 +506,7 @@ def protocol_blocks(protocol: pd.DataFrame, results: pd.DataFrame, n_boot: int) 
         f"lr {_distinct(p['lr'])}, weight decay {_distinct(p['weight_decay'])}, "
         f"encoder lr multiplier {_distinct(p['encoder_lr_mult'])}, "
         f"layer decay {_distinct(p['layer_decay'])}.",
-        f"Epochs to converge: as recorded by the engine, with eval.converge_fraction = "
-        f"{_distinct(p['converge_fraction'])} (converge_target {_distinct(p['converge_target'])}).",
+        _convergence_protocol(results),
         "Statistics: mean ± sample std (ddof = 1) over seeds; 95% Student-t intervals; gains are paired on "
         "(seed, subset_seed) with a two-sided paired t-test, plus a Wilcoxon signed-rank test from "
         f"{stats.MIN_WILCOXON} pairs; the per-image bootstrap ({n_boot} resamples of the evaluation images, "
@@ -480,7 +532,7 @@ def protocol_blocks(protocol: pd.DataFrame, results: pd.DataFrame, n_boot: int) 
 def build_blocks(study_dir: Path, meta: dict, results: pd.DataFrame, summary: pd.DataFrame,
                  figures: list[Image], failures: pd.DataFrame, incomplete: pd.DataFrame,
                  protocol: pd.DataFrame, n_boot: int, insights: Insights | None = None,
-                 tau_image: Image | None = None) -> list[Block]:
+                 tau_image: Image | None = None, compute: pd.DataFrame | None = None) -> list[Block]:
     baseline = meta["baseline"]
     scale = plots.percent_scale(results["miou"]) if not results.empty else 100.0
     unit = "mIoU in %" if scale == 100 else "mIoU"
@@ -504,10 +556,12 @@ def build_blocks(study_dir: Path, meta: dict, results: pd.DataFrame, summary: pd
         blocks.append(Heading(2, f"Headline: {unit}, mean ± std over seeds"))
         blocks.append(Para("Best mean per column in bold."))
         blocks.extend(headline_tables(summary, baseline, scale))
+        blocks.extend(_unconverged_note(summary))
         blocks.append(Heading(2, f"Gain over {baseline} (finetune)"))
         blocks.append(Para("Gain = encoder − baseline on runs paired by seed and subset seed, in mIoU "
                            "points; p-values two-sided."))
         blocks.append(gain_table(summary, baseline, scale))
+        blocks.extend(_unconverged_note(summary, "a gain is marked when the cell or its baseline did not converge"))
         blocks.extend(insight_sections)
     blocks.append(Heading(2, "Plots"))
     blocks.extend(figures)
@@ -525,6 +579,7 @@ def build_blocks(study_dir: Path, meta: dict, results: pd.DataFrame, summary: pd
         blocks.append(Table(["run", "encoder (regime)", "train", "fraction", "seed", "state", "reason"],
                             [[*_identity_cells(r), str(r["state"]), str(r["reason"])]
                              for _, r in incomplete.iterrows()]))
+    blocks.extend(compute_blocks(compute))
     blocks.append(Heading(2, "Protocol"))
     blocks.extend(protocol_blocks(protocol, results, n_boot))
     blocks.append(Heading(2, "Files"))
@@ -532,6 +587,46 @@ def build_blocks(study_dir: Path, meta: dict, results: pd.DataFrame, summary: pd
                        "summary.csv (statistics per cell), label_efficiency.csv, ranking_settings.csv, "
                        "ranking_tau.csv, plots/*.png, report.md."))
     return blocks
+
+
+def _unconverged_note(summary: pd.DataFrame, extra: str = "") -> list[Block]:
+    """The footnote under a table with marked cells; under the headline, the all-clear when there are none."""
+    if not any(_unconverged(r) for _, r in summary.iterrows()):
+        return [] if extra else [Para("Every cell converged on every seed by the convergence criterion.")]
+    return [Para(UNCONVERGED_NOTE + (f" Here {extra}." if extra else ""))]
+
+
+def _hours(v: float) -> str:
+    return f"{v:.1f}" if v >= 1 else f"{v:.2g}"
+
+
+def compute_blocks(compute: pd.DataFrame | None) -> list[Block]:
+    """What the study used (iterations, wall time, GPU-hours) against what the fixed schedule would have cost.
+
+    ``compute`` is ``plan.compute_used``: the fixed schedule of a converge run is its ``max_iters`` cap at the
+    run's own measured seconds per iteration.
+    """
+    if compute is None or compute.empty:
+        return []
+    rows = []
+    for (train, fraction), g in compute.groupby(["train_dataset", "fraction"], sort=True):
+        rows.append(_compute_row(f"{train} {plots.fraction_label(fraction)}", g))
+    rows.append(_compute_row("all runs", compute))
+    conv = compute[compute["budget"] == "converge"]
+    text = (f"{len(conv)} of {len(compute)} runs trained on the converge budget; each stopped where its dev "
+            "curve converged or at max_iters. The fixed schedule is max_iters for every converge run, costed at "
+            "the run's own measured seconds per iteration; a run on a fixed budget used its fixed schedule. "
+            "Validation and the final evaluations are not counted.")
+    return [Heading(2, "Compute used vs the fixed schedule"), Para(text),
+            Table(["cells", "runs", "iterations used", "fixed-schedule iterations", "used / fixed",
+                   "train wall time used (h)", "GPU-hours used", "GPU-hours on the fixed schedule"], rows)]
+
+
+def _compute_row(name: str, g: pd.DataFrame) -> list[str]:
+    used, fixed = float(g["iters_trained"].sum()), float(g["fixed_iters"].sum())
+    return [name, str(len(g)), f"{used:.0f}", f"{fixed:.0f}", f"{used / fixed:.0%}" if fixed else DASH,
+            _hours(g["train_wall_s"].sum() / 3600.0), _hours(g["gpu_hours"].sum()),
+            _hours(g["fixed_gpu_hours"].sum())]
 
 
 # ----------------------------------------------------------------------------------------- renderers
@@ -672,6 +767,7 @@ def write_report(study_dir: str | Path, n_boot: int = 2000, seed: int = 0) -> Pa
     protocol = aggregate.collect_protocol(study_dir)
     summary = stats.summarize(results, baseline=meta["baseline"], per_image=per_image, n_boot=n_boot,
                               seed=seed)
+    summary = stats.add_convergence(summary, results, baseline=meta["baseline"])
     summary, insights = compute_insights(results, summary, meta["baseline"], n_boot, seed)
     _write_tables(study_dir, results, per_class, summary)
     _write_insight_tables(study_dir, insights)
@@ -681,7 +777,7 @@ def write_report(study_dir: str | Path, n_boot: int = 2000, seed: int = 0) -> Pa
                                                         study_dir / "plots" / "rank_tau.png"),
         "Kendall's tau-b between the encoder rankings of two settings; '–' where fewer than 2 encoders are shared.")
     blocks = build_blocks(study_dir, meta, results, summary, figures, failures, incomplete, protocol, n_boot,
-                          insights, tau_image)
+                          insights, tau_image, compute=plan.compute_used(study_dir))
     atomic_write_text(study_dir / "report.md", render_markdown(blocks, study_dir))
     return atomic_write_text(study_dir / "report.html", render_html(blocks))
 

@@ -340,3 +340,33 @@ def convergence_counts(results: pd.DataFrame, cell_columns: list[str]) -> pd.Dat
     false = conv.map(lambda v: v is False or v is np.False_ or v == 0 or v == "False") & known
     df = results[cell_columns].assign(n_unconverged=false.astype(int), n_converged_unknown=(~known).astype(int))
     return df.groupby(cell_columns, as_index=False, sort=True)[["n_unconverged", "n_converged_unknown"]].sum()
+# -------------------------------------------------------------------------------------- convergence
+CONVERGENCE_COLUMNS = ["n_converged", "all_converged", "baseline_all_converged"]
+
+
+def add_convergence(summary: pd.DataFrame, results: pd.DataFrame, baseline: str = "random",
+                    baseline_regime: str = "finetune") -> pd.DataFrame:
+    """``summary`` with ``CONVERGENCE_COLUMNS``: how many seeds of each cell converged, whether all did, and
+    whether all of its baseline cell (same train/eval dataset and fraction) did.
+
+    A run whose convergence was not recorded (``converged`` missing) counts as unconverged: a number is only
+    presented as converged when the engine said so. A cell without baseline runs has
+    ``baseline_all_converged`` True (there is no baseline number to doubt).
+    """
+    if summary.empty:
+        return summary.assign(**{c: pd.Series(dtype=object) for c in CONVERGENCE_COLUMNS})
+    conv = (results["converged"].fillna(False).astype(bool) if "converged" in results
+            else pd.Series(False, index=results.index))
+    # one value per run and cell: a run is scored on several eval datasets with the same convergence
+    per_run = results.assign(_conv=conv).drop_duplicates([*GROUP_COLUMNS, *PAIR_COLUMNS])
+    cells = per_run.groupby(GROUP_COLUMNS, sort=False)["_conv"].agg(n_converged="sum", all_converged="all")
+    out = summary.merge(cells.reset_index(), on=GROUP_COLUMNS, how="left")
+    out["n_converged"] = out["n_converged"].fillna(0).astype(int)
+    out["all_converged"] = out["all_converged"].fillna(False).astype(bool)
+    base = cells.reset_index()
+    base = base[(base["encoder"] == baseline) & (base["regime"] == baseline_regime)]
+    keys = ["train_dataset", "eval_dataset", "fraction"]
+    base = base[[*keys, "all_converged"]].rename(columns={"all_converged": "baseline_all_converged"})
+    out = out.merge(base, on=keys, how="left")
+    out["baseline_all_converged"] = out["baseline_all_converged"].fillna(True).astype(bool)
+    return out
