@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import math
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -15,7 +15,10 @@ import lightning as L
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from encseg.engine.logs import PROGRESS
 from encseg.engine.rundir import atomic_write_text
+
+_progress = logging.getLogger(PROGRESS)
 
 VAL_COLUMNS = ["val_miou", "val_macc", "val_aacc", "val_fwiou", "val_loss"]
 
@@ -115,10 +118,14 @@ class History(L.Callback):
 
 
 class PlainProgress(L.Callback):
-    """One log line every ``every`` steps when no progress bar is shown (batch jobs, CI, SLURM logs)."""
+    """One ``encseg.progress`` record every ``every`` steps and one per validation.
 
-    def __init__(self, every: int, total_steps: int):
-        self.every, self.total = every, total_steps
+    The records reach ``train.log`` always and the console unless ``console`` is False (a tqdm bar is shown
+    there instead); their numbers travel as record attributes for a console that draws its own bars.
+    """
+
+    def __init__(self, every: int, total_steps: int, console: bool = True):
+        self.every, self.total, self.console = every, total_steps, console
         self._t0 = time.monotonic()
         self._s0 = 0
 
@@ -132,16 +139,20 @@ class PlainProgress(L.Callback):
         rate = (step - self._s0) / max(1e-9, time.monotonic() - self._t0)
         eta = (self.total - step) / rate if rate > 0 else math.nan
         loss = pl_module.last_train_terms.get("loss", math.nan)
-        print(f"step {step}/{self.total}  loss {loss:.4f}  lr {trainer.optimizers[0].param_groups[0]['lr']:.3g}  "
-              f"{rate:.2f} it/s  eta {eta / 60:.1f} min", file=sys.stderr, flush=True)
+        lr = trainer.optimizers[0].param_groups[0]["lr"]
+        _progress.info("step %d/%d  loss %.4f  lr %.3g  %.2f it/s  eta %.1f min", step, self.total, loss, lr, rate,
+                       eta / 60, extra={"kind": "step", "step": step, "total": self.total, "loss": loss,
+                                        "rate": rate, "eta_s": eta, "console": self.console})
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
         m = pl_module.last_val_metrics
-        print(f"val @ step {trainer.global_step}: mIoU {m.get('val_miou', math.nan):.4f}  "
-              f"mAcc {m.get('val_macc', math.nan):.4f}  loss {m.get('val_loss', math.nan):.4f}",
-              file=sys.stderr, flush=True)
+        miou = m.get("val_miou", math.nan)
+        _progress.info("val @ step %d: mIoU %.4f  mAcc %.4f  loss %.4f", trainer.global_step, miou,
+                       m.get("val_macc", math.nan), m.get("val_loss", math.nan),
+                       extra={"kind": "val", "step": trainer.global_step, "total": self.total, "miou": miou,
+                              "console": self.console})
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -7,6 +7,7 @@ a failure is recorded in ``FAILED`` before the error propagates.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -22,6 +23,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from encseg.config import ConfigError, RunConfig, dump_config, load_run_config
 from encseg.engine.callbacks import AtomicCheckpointIO, History, PlainProgress
 from encseg.engine.loaders import eval_dataset, eval_loader, train_dataset, train_loader
+from encseg.engine.logs import LOG_NAME, console_handler, run_log
 from encseg.engine.module import SegmentationModule
 from encseg.engine.rundir import (
     RunDir,
@@ -109,12 +111,15 @@ def train(cfg: RunConfig, runs_root: str | Path, argv: list[str] | None = None) 
         _check_same_config(rd, cfg)
         rd.clear_failed()
         rd.write_config(cfg)
-    try:
-        _train(cfg, rd, argv if argv is not None else sys.argv, rank0)
-    except Exception as e:
-        if rank0:
-            rd.mark_failed(e)
-        raise
+    # rank 0 owns the run directory; DDP peers keep their output on their own stderr
+    with run_log(rd.path / LOG_NAME) if rank0 else contextlib.nullcontext():
+        try:
+            _train(cfg, rd, argv if argv is not None else sys.argv, rank0)
+        except Exception as e:
+            if rank0:
+                log.error("run failed", exc_info=True)
+                rd.mark_failed(e)
+            raise
     return rd.path
 
 
@@ -174,9 +179,8 @@ def _train(cfg: RunConfig, rd: RunDir, argv: list[str], rank0: bool) -> None:
     last = ModelCheckpoint(dirpath=rd.checkpoints, filename="last", save_top_k=0, save_last=True,
                            every_n_train_steps=cfg.train.checkpoint_every, enable_version_counter=False)
     show_bar = {"on": True, "off": False}.get(cfg.logging.progress_bar, sys.stderr.isatty())
-    callbacks = [history, best, last]
-    if not show_bar:
-        callbacks.append(PlainProgress(cfg.train.log_every, total_steps))
+    # progress lines always reach train.log; the console gets them only when it has no tqdm bar
+    callbacks = [history, best, last, PlainProgress(cfg.train.log_every, total_steps, console=not show_bar)]
 
     trainer = L.Trainer(
         accelerator=accelerator, devices=cfg.train.devices, num_nodes=cfg.train.num_nodes,
@@ -229,7 +233,8 @@ def train_cli(config: str, overrides: list[str], runs_root: str = "runs", print_
     if print_config:
         print(dump_config(cfg), end="")
         return 0
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger().addHandler(console_handler())
+    logging.getLogger("encseg").setLevel(logging.INFO)
     path = train(cfg, runs_root)
     if not is_rank_zero():
         return 0

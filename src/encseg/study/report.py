@@ -324,7 +324,7 @@ def build_blocks(study_dir: Path, meta: dict, results: pd.DataFrame, summary: pd
     if meta.get("description"):
         blocks.append(Para(meta["description"]))
     n_runs = results["run_id"].nunique() if not results.empty else 0
-    blocks.append(Para(f"Study directory: {study_dir}. {n_runs} finished runs, {len(failures)} failed, "
+    blocks.append(Para(f"Study directory: {study_dir.resolve().name} (paths below are relative to it). {n_runs} finished runs, {len(failures)} failed, "
                        f"{len(incomplete)} incomplete."))
     blocks.append(Heading(2, "The question"))
     blocks.append(Para(f"How much does each pretrained encoder improve Mask2Former semantic segmentation "
@@ -374,14 +374,37 @@ def build_blocks(study_dir: Path, meta: dict, results: pd.DataFrame, summary: pd
 # ----------------------------------------------------------------------------------------- renderers
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1200px;
-color:#222;line-height:1.45;padding:0 1em}
+color:#222;line-height:1.45;padding:0 1em;overflow-wrap:anywhere}
 h1{border-bottom:2px solid #444}h2{border-bottom:1px solid #bbb;margin-top:2em}
 table{border-collapse:collapse;margin:0.6em 0 1.2em;font-size:0.9em}
-th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f0f0f0}
+th,td{border:1px solid #ccc;padding:3px 6px;text-align:right;overflow-wrap:anywhere}th{background:#f0f0f0}
+table{max-width:100%}
 td:first-child,th:first-child{text-align:left}
 figure{margin:1em 0}img{max-width:100%;border:1px solid #ddd}figcaption{color:#555;font-size:0.9em}
 .skipped{color:#a33}
 """
+
+
+def relative_paths(blocks: list[Block], study_dir: Path) -> list[Block]:
+    """The same blocks with the study directory's absolute path dropped from their text (error lines and
+    protocol entries quote files), so a report reads the same wherever the study was run or moved to."""
+    prefixes = sorted({str(study_dir.resolve()) + "/", str(study_dir.absolute()) + "/"}, key=len, reverse=True)
+
+    def rel(text: str) -> str:
+        for prefix in prefixes:
+            text = text.replace(prefix, "")
+        return text
+
+    out: list[Block] = []
+    for b in blocks:
+        if isinstance(b, Para):
+            b = Para(rel(b.text))
+        elif isinstance(b, Bullets):
+            b = Bullets([rel(i) for i in b.items])
+        elif isinstance(b, Table):
+            b = Table([rel(h) for h in b.header], [[rel(str(c)) for c in row] for row in b.rows], b.bold)
+        out.append(b)
+    return out
 
 
 def _html_table(t: Table) -> str:
@@ -502,6 +525,7 @@ def write_report(study_dir: str | Path, n_boot: int = 2000, seed: int = 0) -> Pa
     _write_tables(study_dir, results, per_class, summary)
     figures = _figures(study_dir, results, summary, per_class, histories)
     blocks = build_blocks(study_dir, meta, results, summary, figures, failures, incomplete, protocol, n_boot)
+    blocks = relative_paths(blocks, study_dir)
     atomic_write_text(study_dir / "report.md", render_markdown(blocks, study_dir))
     return atomic_write_text(study_dir / "report.html", render_html(blocks))
 
