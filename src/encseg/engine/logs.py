@@ -111,4 +111,5 @@ def console_handler(stream=None) -> logging.Handler:
     h.setFormatter(logging.Formatter("%(message)s"))
     h.addFilter(lambda r: r.name == "encseg" or r.name.startswith("encseg."))
     h.addFilter(lambda r: r.name != "encseg.output")
+    h.addFilter(lambda r: getattr(r, "console", True))  # progress records that a tqdm bar already shows
     return h
