@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import time
-import tomllib
 from pathlib import Path
 
 import nbformat
@@ -16,7 +15,10 @@ NOTEBOOK = ROOT / "notebooks" / "colab.ipynb"
 
 
 def _repository() -> str:
-    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["urls"]["Repository"]
+    # a regex, not tomllib: Python 3.10 has no TOML reader
+    found = re.search(r'^Repository = "([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.MULTILINE)
+    assert found, "pyproject.toml: [project.urls] Repository is missing"
+    return found.group(1)
 
 
 def test_colab_links_and_install_url_follow_pyproject():

@@ -378,7 +378,7 @@ color:#222;line-height:1.45;padding:0 1em;overflow-wrap:anywhere}
 h1{border-bottom:2px solid #444}h2{border-bottom:1px solid #bbb;margin-top:2em}
 table{border-collapse:collapse;margin:0.6em 0 1.2em;font-size:0.9em}
 th,td{border:1px solid #ccc;padding:3px 6px;text-align:right;overflow-wrap:normal}th{background:#f0f0f0}
-table{max-width:100%}
+table{max-width:100%}td.wrap{overflow-wrap:anywhere}
 td:first-child,th:first-child{text-align:left}
 figure{margin:1em 0}img{max-width:100%;border:1px solid #ddd}figcaption{color:#555;font-size:0.9em}
 .skipped{color:#a33}
@@ -413,9 +413,10 @@ def _html_table(t: Table) -> str:
     for i, row in enumerate(t.rows):
         cells = []
         for j, cell in enumerate(row):
-            # run ids and paths may break after "_" and "/" only, so wide tables fit the page with whole numbers
-            text = html.escape(str(cell)).replace("_", "_<wbr>").replace("/", "/<wbr>")
-            cells.append(f"<td><b>{text}</b></td>" if (i, j) in t.bold else f"<td>{text}</td>")
+            text = html.escape(str(cell))
+            # run ids and long messages may break anywhere, so a wide table fits the page; numbers never do
+            td = "<td>" if j and len(text) < 40 else '<td class="wrap">'
+            cells.append(f"{td}<b>{text}</b></td>" if (i, j) in t.bold else f"{td}{text}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
