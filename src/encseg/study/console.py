@@ -97,8 +97,9 @@ class StudyConsole:
             return None if (self.running or self.left()) else 0.0
         work = self.left() * per_cell
         for c in self.running.values():
+            # a cell at its last step still has its final evaluation to do: never below the measured mean
             own = c.estimate(now)
-            work += max(0.0, (own if own is not None else per_cell) - (now - c.start))
+            work += max(0.0, max(own or 0.0, per_cell) - (now - c.start))
         return work / max(1, min(self.jobs, self.left() + len(self.running)))
 
     def status(self) -> str:
