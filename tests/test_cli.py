@@ -109,3 +109,25 @@ def test_console_script_reports_errors_with_exit_code_2(tmp_path):
                           capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("encseg: error:") and "no_run" in proc.stderr
+
+
+def test_options_and_overrides_in_any_order(run_yaml, tmp_path, capsys):
+    argv = ["train", "--runs-root", str(tmp_path / "r"), str(run_yaml), "train.lr=0.01", "--print-config",
+            "model.head.num_queries=5"]
+    assert main(argv) == 0
+    back = load_run_config(data=yaml.safe_load(capsys.readouterr().out))
+    assert back.train.lr == 0.01 and back.model.head.num_queries == 5
+
+
+def test_every_subcommand_help_explains_each_argument_with_an_example(capsys):
+    from encseg.cli import _LEAVES, build_parser
+
+    leaves = getattr(build_parser(), _LEAVES)
+    assert {" ".join(p) for p in leaves} >= {"train", "eval", "predict", "study run", "study report", "data synth"}
+    for path, parser in leaves.items():
+        with pytest.raises(SystemExit):
+            main([*path, "--help"])
+        text = capsys.readouterr().out
+        assert f"example:\n  encseg {' '.join(path)}" in text, path
+        undocumented = [a.dest for a in parser._actions if not a.help]
+        assert not undocumented, (path, undocumented)

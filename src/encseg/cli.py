@@ -83,97 +83,143 @@ def _demo(a: argparse.Namespace) -> int:
     return run_demo(a.out)
 
 
+_LEAVES = "_encseg_leaves"  # attribute of the top parser: {("study", "run"): its parser, ...}
+
+
+def _command(sub, leaves: dict, path: tuple[str, ...], fn, help: str, example: str,
+             description: str | None = None) -> argparse.ArgumentParser:
+    """A subcommand whose ``--help`` ends with a worked example."""
+    s = sub.add_parser(path[-1], help=help, description=description or help,
+                       epilog="example:\n  " + example.replace("\n", "\n  "),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.set_defaults(fn=fn)
+    leaves[path] = s
+    return s
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="encseg", description="How much does a pretrained encoder help segmentation?")
+    p = argparse.ArgumentParser(prog="encseg", description="How much does a pretrained encoder help segmentation?",
+                                epilog="`encseg COMMAND --help` explains a command's arguments with an example.")
+    leaves: dict[tuple[str, ...], argparse.ArgumentParser] = {}
+    setattr(p, _LEAVES, leaves)
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("encoders", help="list the encoder zoo")
+    s = _command(sub, leaves, ("encoders",), _encoders, "list the encoder zoo", "encseg encoders --params")
     s.add_argument("--params", action="store_true", help="build each architecture to count parameters (slow)")
-    s.set_defaults(fn=_encoders)
 
-    s = sub.add_parser("inspect", help="write tap/pyramid shapes and PCA pictures of an encoder's features")
-    s.add_argument("--encoder", required=True)
+    s = _command(sub, leaves, ("inspect",), _inspect,
+                 "write tap/pyramid shapes and PCA pictures of an encoder's features",
+                 "encseg inspect --encoder random_vitb16 --weights none --out outputs/inspect")
+    s.add_argument("--encoder", required=True, help="zoo name (see `encseg encoders`) or a timm ViT name")
     s.add_argument("--weights", default=None, help="local checkpoint, 'hub', or 'none'")
     s.add_argument("--image", default=None, help="image file (default: a synthetic scene)")
-    s.add_argument("--size", type=int, default=224)
+    s.add_argument("--size", type=int, default=224, help="input side in pixels (default 224)")
     s.add_argument("--timm-kwargs", default=None, help="YAML mapping passed to timm.create_model")
-    s.add_argument("--out", required=True)
-    s.set_defaults(fn=_inspect)
+    s.add_argument("--out", required=True, help="directory for shapes.json and the PCA pictures")
 
-    _add_data_commands(sub)
-    _add_run_commands(sub)
-    _add_study_commands(sub)
+    _add_data_commands(sub, leaves)
+    _add_run_commands(sub, leaves)
+    _add_study_commands(sub, leaves)
 
-    s = sub.add_parser("demo", help="the whole pipeline on synthetic data, offline, on CPU")
-    s.add_argument("--out", default="outputs/demo")
-    s.set_defaults(fn=_demo)
+    s = _command(sub, leaves, ("demo",), _demo, "the whole pipeline on synthetic data, offline, on CPU",
+                 "encseg demo --out outputs/demo")
+    s.add_argument("--out", default="outputs/demo", help="output directory (default outputs/demo)")
     return p
 
 
-def _add_data_commands(sub) -> None:
+def _add_data_commands(sub, leaves: dict) -> None:
     data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
-    s = data.add_parser("synth", help="write a synthetic dataset")
-    s.add_argument("--out", required=True)
-    s.add_argument("--style", default="a")
-    s.add_argument("--classes", type=int, default=5)
-    s.add_argument("--train", type=int, default=64)
-    s.add_argument("--val", type=int, default=16)
-    s.add_argument("--size", type=int, default=128)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--layout", default="folder", choices=["folder", "ade20k", "voc", "cityscapes"])
+    s = _command(data, leaves, ("data", "synth"), _data_synth, "write a synthetic dataset",
+                 "encseg data synth --out data/synth_a --classes 5 --train 64 --val 16")
+    s.add_argument("--out", required=True, help="directory to write (created)")
+    s.add_argument("--style", default="a", help="scene style: a or b (a different domain)")
+    s.add_argument("--classes", type=int, default=5, help="number of classes (default 5)")
+    s.add_argument("--train", type=int, default=64, help="number of training images (default 64)")
+    s.add_argument("--val", type=int, default=16, help="number of validation images (default 16)")
+    s.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
+    s.add_argument("--seed", type=int, default=0, help="random seed of the scenes (default 0)")
+    s.add_argument("--layout", default="folder", choices=["folder", "ade20k", "voc", "cityscapes"],
+                   help="on-disk layout to write (default folder)")
     s.add_argument("--cue", default="shape_texture", choices=["shape_texture", "texture"],
                    help="what defines a class: shape and texture, or texture alone")
-    s.set_defaults(fn=_data_synth)
-    s = data.add_parser("check", help="validate every image/mask pair of a dataset")
+    s = _command(data, leaves, ("data", "check"), _data_check, "validate every image/mask pair of a dataset",
+                 "encseg data check configs/datasets/synthetic_a.yaml --split val")
     s.add_argument("path", help="dataset config YAML or a folder-format directory")
-    s.add_argument("--split", default=None)
+    s.add_argument("--split", default=None, help="one split (default: every split the dataset has)")
     s.add_argument("--fast", action="store_true", help="existence and header sizes only")
-    s.set_defaults(fn=_data_check)
 
 
-def _add_run_commands(sub) -> None:
-    s = sub.add_parser("train", help="train one run")
-    s.add_argument("config")
-    s.add_argument("overrides", nargs="*", help="key.path=value")
-    s.add_argument("--runs-root", default="runs")
-    s.add_argument("--print-config", action="store_true")
-    s.set_defaults(fn=_train)
 
-    s = sub.add_parser("eval", help="score a finished run on a dataset")
-    s.add_argument("run_dir")
+def _add_run_commands(sub, leaves: dict) -> None:
+    s = _command(sub, leaves, ("train",), _train, "train one run",
+                 "encseg train configs/runs/smoke.yaml train.max_iters=50 --runs-root runs seed=1",
+                 description="Train one run from a run config; key.path=value overrides and options may come\n"
+                             "in any order. The run directory (under the runs root) keeps the full log in train.log.")
+    s.add_argument("config", help="run config YAML (e.g. configs/runs/smoke.yaml)")
+    s.add_argument("overrides", nargs="*", help="key.path=value, e.g. train.lr=1e-4 data.fraction=0.25")
+    s.add_argument("--runs-root", default="runs", help="parent directory of run directories (default runs)")
+    s.add_argument("--print-config", action="store_true", help="print the merged config and exit")
+
+    s = _command(sub, leaves, ("eval",), _eval, "score a finished run on a dataset",
+                 "encseg eval runs/synth_a__random_vitb16__finetune__f100__s0 "
+                 "--dataset configs/datasets/synthetic_a.yaml --tta flip")
+    s.add_argument("run_dir", help="a finished run directory")
     s.add_argument("--dataset", required=True, help="dataset config YAML")
-    s.add_argument("--split", default=None)
-    s.add_argument("--mode", default=None, choices=["whole", "slide"])
+    s.add_argument("--split", default=None, help="split to score (default: the dataset's val split)")
+    s.add_argument("--mode", default=None, choices=["whole", "slide"], help="inference mode (default: the run's)")
     s.add_argument("--tta", default="", help="comma list: flip,ms")
-    s.set_defaults(fn=_eval)
 
-    s = sub.add_parser("predict", help="write label PNGs, coloured masks and overlays")
-    s.add_argument("run_dir")
-    s.add_argument("images", nargs="+")
-    s.add_argument("--out", required=True)
-    s.add_argument("--mode", default=None, choices=["whole", "slide"])
-    s.set_defaults(fn=_predict)
+    s = _command(sub, leaves, ("predict",), _predict, "write label PNGs, coloured masks and overlays",
+                 "encseg predict runs/synth_a__random_vitb16__finetune__f100__s0 img1.png img2.png --out preds")
+    s.add_argument("run_dir", help="a finished run directory")
+    s.add_argument("images", nargs="+", help="image files")
+    s.add_argument("--out", required=True, help="directory for the predictions")
+    s.add_argument("--mode", default=None, choices=["whole", "slide"], help="inference mode (default: the run's)")
 
 
-def _add_study_commands(sub) -> None:
+
+def _add_study_commands(sub, leaves: dict) -> None:
     study = sub.add_parser("study", help="grids of runs").add_subparsers(dest="study_command", required=True)
-    s = study.add_parser("plan", help="print the grid and its estimated cost")
-    s.add_argument("study")
-    s.set_defaults(fn=_study_plan)
-    s = study.add_parser("run", help="run every cell of a study")
-    s.add_argument("study")
-    s.add_argument("--launcher", default="local", choices=["local", "slurm", "submitit-local"])
-    s.add_argument("--jobs", type=int, default=1)
-    s.add_argument("--dry-run", action="store_true")
+    s = _command(study, leaves, ("study", "plan"), _study_plan, "print the grid and its estimated cost",
+                 "encseg study plan configs/studies/example_synthetic.yaml")
+    s.add_argument("study", help="study YAML")
+    s = _command(study, leaves, ("study", "run"), _study_run, "run every cell of a study",
+                 "encseg study run configs/studies/example_synthetic.yaml --jobs 2",
+                 description="Run every cell of a study once: finished cells are skipped, partial ones resume,\n"
+                             "failed ones are retried. Each run directory keeps its full log in train.log.")
+    s.add_argument("study", help="study YAML")
+    s.add_argument("--launcher", default="local", choices=["local", "slurm", "submitit-local"],
+                   help="where cells run (default local)")
+    s.add_argument("--jobs", type=int, default=1, help="cells at a time (local: worker processes)")
+    s.add_argument("--dry-run", action="store_true", help="list what would run; write nothing")
     s.add_argument("--out", default=None, help="study directory (default: from the study file)")
-    s.set_defaults(fn=_study_run)
-    s = study.add_parser("report", help="aggregate, summarise, plot and write report.html")
-    s.add_argument("study_dir")
-    s.set_defaults(fn=_study_report)
+    s = _command(study, leaves, ("study", "report"), _study_report,
+                 "aggregate, summarise, plot and write report.html",
+                 "encseg study report outputs/example_synthetic")
+    s.add_argument("study_dir", help="the study directory (holds runs/)")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Like ``parse_args``, but a subcommand's options and positionals (overrides) may come in any order.
+
+    argparse's intermixed parsing does not support subparsers, so the subcommand is looked up first and
+    its own parser does the intermixed parse; anything else (no command, ``--help``) takes the plain path.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    top = build_parser()
+    leaves = getattr(top, _LEAVES)
+    for depth in (2, 1):
+        path = tuple(argv[:depth])
+        if path in leaves:
+            args = leaves[path].parse_intermixed_args(argv[depth:])
+            for name, value in zip(("command", f"{path[0]}_command"), path, strict=False):
+                setattr(args, name, value)
+            return args
+    return top.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         return int(args.fn(args) or 0)
     except EncsegError as e:

@@ -96,3 +96,16 @@ def test_study_without_finished_runs_still_reports(tmp_path):
     assert "No run has finished yet" in text and "Failed (1)" in text
     assert "Skipped: no finished runs" in text
     assert len(pd.read_csv(tmp_path / "results.csv")) == 0
+
+
+def test_report_shows_paths_relative_to_the_study_directory(tmp_path):
+    root = tmp_path / "moved_study"
+    write_run(root / "runs", make_config(), evals={"synth_a": FakeEval(0.5)})
+    write_run(root / "runs", make_config(seed=1), state="failed",
+              error=f"FileNotFoundError: {root.resolve()}/weights/enc.safetensors not found")
+    html = write_report(root, n_boot=50).read_text()
+    md = (root / "report.md").read_text()
+    for text in (html, md):
+        assert str(tmp_path.resolve()) not in text and str(tmp_path) not in text
+        assert "Study directory: moved_study" in text
+    assert "weights/enc.safetensors not found" in html and "weights/enc.safetensors not found" in md

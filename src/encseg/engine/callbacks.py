@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,10 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from encseg.atomic import atomic_save_npy, atomic_write, atomic_write_text
+from encseg.engine.logs import PROGRESS
 from encseg.engine.module import ValidationResult
+
+_progress = logging.getLogger(PROGRESS)
 
 VAL_COLUMNS = ["val_miou", "val_macc", "val_aacc", "val_fwiou", "val_loss"]
 
@@ -129,10 +132,14 @@ class ValidationConfusion(L.Callback):
 
 
 class PlainProgress(L.Callback):
-    """One log line every ``every`` steps when no progress bar is shown (batch jobs, CI, SLURM logs)."""
+    """One ``encseg.progress`` record every ``every`` steps and one per validation.
 
-    def __init__(self, every: int, total_steps: int, validation: ValidationResult):
-        self.every, self.total, self.validation = every, total_steps, validation
+    The records reach ``train.log`` always and the console unless ``console`` is False (a tqdm bar is shown
+    there instead); their numbers travel as record attributes for a console that draws its own bars.
+    """
+
+    def __init__(self, every: int, total_steps: int, validation: ValidationResult, console: bool = True):
+        self.every, self.total, self.validation, self.console = every, total_steps, validation, console
         self._t0 = time.monotonic()
         self._s0 = 0
 
@@ -146,16 +153,20 @@ class PlainProgress(L.Callback):
         rate = (step - self._s0) / max(1e-9, time.monotonic() - self._t0)
         eta = (self.total - step) / rate if rate > 0 else math.nan
         loss = outputs["terms"].get("loss", math.nan)
-        print(f"step {step}/{self.total}  loss {loss:.4f}  lr {trainer.optimizers[0].param_groups[0]['lr']:.3g}  "
-              f"{rate:.2f} it/s  eta {eta / 60:.1f} min", file=sys.stderr, flush=True)
+        lr = trainer.optimizers[0].param_groups[0]["lr"]
+        _progress.info("step %d/%d  loss %.4f  lr %.3g  %.2f it/s  eta %.1f min", step, self.total, loss, lr, rate,
+                       eta / 60, extra={"kind": "step", "step": step, "total": self.total, "loss": loss,
+                                        "rate": rate, "eta_s": eta, "console": self.console})
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
         m = self.validation.metrics
-        print(f"val @ step {trainer.global_step}: mIoU {m.get('val_miou', math.nan):.4f}  "
-              f"mAcc {m.get('val_macc', math.nan):.4f}  loss {m.get('val_loss', math.nan):.4f}",
-              file=sys.stderr, flush=True)
+        miou = m.get("val_miou", math.nan)
+        _progress.info("val @ step %d: mIoU %.4f  mAcc %.4f  loss %.4f", trainer.global_step, miou,
+                       m.get("val_macc", math.nan), m.get("val_loss", math.nan),
+                       extra={"kind": "val", "step": trainer.global_step, "total": self.total, "miou": miou,
+                              "console": self.console})
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -7,6 +7,7 @@ a failure is recorded in ``FAILED`` before the error propagates.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import sys
@@ -24,6 +25,7 @@ from encseg.config import ConfigError, RunConfig, dump_config, load_run_config
 from encseg.engine.callbacks import AtomicCheckpointIO, History, PlainProgress, ValidationConfusion
 from encseg.engine.distributed import is_rank_zero
 from encseg.engine.loaders import eval_dataset, eval_loader, train_dataset, train_loader
+from encseg.engine.logs import LOG_NAME, console_handler, run_log
 from encseg.engine.module import SegmentationModule, ValidationResult
 from encseg.engine.rundir import RunDir, config_diff, resolve_runs_root, run_id
 from encseg.engine.runenv import finish_env, write_env
@@ -102,12 +104,15 @@ def train(cfg: RunConfig, runs_root: str | Path, argv: list[str] | None = None) 
         _check_same_config(rd, cfg)
         rd.clear_failed()
         rd.write_config(cfg)
-    try:
-        _train(cfg, rd, argv if argv is not None else sys.argv, rank0)
-    except Exception as e:
-        if rank0:
-            rd.mark_failed(e)
-        raise
+    # rank 0 owns the run directory; DDP peers keep their output on their own stderr
+    with run_log(rd.path / LOG_NAME) if rank0 else contextlib.nullcontext():
+        try:
+            _train(cfg, rd, argv if argv is not None else sys.argv, rank0)
+        except Exception as e:
+            if rank0:
+                log.error("run failed", exc_info=True)
+                rd.mark_failed(e)
+            raise
     return rd.path
 
 
@@ -187,9 +192,9 @@ def fit(cfg: RunConfig, rd: RunDir, seg, classes: list[str], train_ds, val_ds, s
     last = ModelCheckpoint(dirpath=rd.checkpoints, filename="last", save_top_k=0, save_last=True,
                            every_n_train_steps=cfg.train.checkpoint_every, enable_version_counter=False)
     show_bar = {"on": True, "off": False}.get(cfg.logging.progress_bar, sys.stderr.isatty())
-    callbacks = [history, ValidationConfusion(rd.eval_dir / "val_confusion_last.npy", validation), best, last]
-    if not show_bar:
-        callbacks.append(PlainProgress(cfg.train.log_every, sched.total_steps, validation))
+    # progress lines always reach train.log; the console gets them only when it has no tqdm bar
+    callbacks = [history, ValidationConfusion(rd.eval_dir / "val_confusion_last.npy", validation), best, last,
+                 PlainProgress(cfg.train.log_every, sched.total_steps, validation, console=not show_bar)]
     trainer = _trainer(cfg, rd, sched, callbacks, show_bar)
     if cfg.train.compile:
         seg.encoder.vit.compile()
@@ -267,7 +272,8 @@ def train_cli(config: str, overrides: list[str], runs_root: str = "runs", print_
     if print_config:
         print(dump_config(cfg), end="")
         return 0
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger().addHandler(console_handler())
+    logging.getLogger("encseg").setLevel(logging.INFO)
     path = train(cfg, runs_root)
     if not is_rank_zero():
         return 0

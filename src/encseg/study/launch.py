@@ -29,13 +29,13 @@ from typing import Any
 
 import submitit
 import yaml
-from tqdm import tqdm
 
 from encseg.atomic import atomic_write_json, atomic_write_text, read_json
 from encseg.config import ConfigError, RunConfig, StudyConfig
 from encseg.engine.distributed import is_rank_zero
 from encseg.engine.rundir import RunDir, run_id
 from encseg.errors import InputError
+from encseg.study.console import StudyConsole, cell_output, progress_listener
 from encseg.study.plan import cell_state, config_drift, dump_study, expand, load_study, study_dir
 
 try:
@@ -109,42 +109,23 @@ def run_cell(cfg: RunConfig, runs: Path, train_fn: TrainFn | None = None) -> str
     return "done"
 
 
-# -------------------------------------------------------------------------------------------- progress
-class _Progress:
-    """A tqdm bar over the grid on a terminal; one plain line per finished cell either way."""
-
-    def __init__(self, total: int):
-        self.total, self.count = total, 0
-        self.bar = tqdm(total=total, unit="run", file=sys.stderr, disable=not sys.stderr.isatty(),
-                        dynamic_ncols=True)
-
-    def cell(self, rid: str, status: str, seconds: float, detail: str = "") -> None:
-        self.count += 1
-        line = f"[{self.count}/{self.total}] {status:<7} {rid} ({seconds:.1f} s)" + (f": {detail}" if detail else "")
-        if self.bar.disable:
-            print(line, flush=True)
-        else:
-            self.bar.write(line)
-        self.bar.update(1)
-
-    def close(self) -> None:
-        self.bar.close()
-
-
-def _report(progress: _Progress, results: dict[str, str], rd: RunDir, status: str, t0: float) -> None:
+def _report(progress: StudyConsole, results: dict[str, str], rd: RunDir, status: str, t0: float) -> None:
     results[rd.name] = status
-    progress.cell(rd.name, status, time.monotonic() - t0, rd.failure_line() if status == "failed" else "")
+    progress.finished_cell(rd.name, status, time.monotonic() - t0, rd.failure_line() if status == "failed" else "")
 
 
 # ---------------------------------------------------------------------------------------- local runs
-def _run_sequential(todo: list[RunConfig], runs: Path, train_fn: TrainFn | None, progress: _Progress) -> dict:
+def _run_sequential(todo: list[RunConfig], runs: Path, train_fn: TrainFn | None, progress: StudyConsole) -> dict:
     results: dict[str, str] = {}
     if not todo:
         return results
     fn = train_fn or _default_train()  # an import error surfaces once, not as a FAILED per cell
     for cfg in todo:
         t0 = time.monotonic()
-        _report(progress, results, RunDir(runs / run_id(cfg)), run_cell(cfg, runs, fn), t0)
+        progress.started(run_id(cfg))
+        with cell_output(run_id(cfg), console=progress):
+            status = run_cell(cfg, runs, fn)
+        _report(progress, results, RunDir(runs / run_id(cfg)), status, t0)
     return results
 
 
@@ -166,18 +147,20 @@ def _exit_with_parent(parent_pid: int) -> None:
 
 
 def _worker(cfg: RunConfig, runs: str, train_fn: TrainFn | None, gpu: str | None, parent_pid: int,
-            threads: int | None = None) -> None:
+            threads: int | None = None, progress_queue: Any = None) -> None:
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
     if threads is not None:  # CPU cells share the cores instead of each oversubscribing all of them
         import torch
         torch.set_num_threads(threads)
     threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
-    sys.exit(_STATUS_CODES[run_cell(cfg, Path(runs), train_fn)])
+    with cell_output(run_id(cfg), queue=progress_queue):  # the launcher's console shows this cell's progress
+        status = run_cell(cfg, Path(runs), train_fn)
+    sys.exit(_STATUS_CODES[status])
 
 
 def _run_parallel(todo: list[RunConfig], runs: Path, jobs: int, train_fn: TrainFn | None,
-                  progress: _Progress) -> dict:
+                  progress: StudyConsole) -> dict:
     """``jobs`` cells at a time, each in a fresh spawned process; GPUs handed out round-robin by slot."""
     ctx = mp.get_context("spawn")  # CUDA and fork do not mix
     gpus = _visible_gpus()
@@ -186,6 +169,8 @@ def _run_parallel(todo: list[RunConfig], runs: Path, jobs: int, train_fn: TrainF
     pending = deque(todo)
     running: dict[int, tuple[Any, RunConfig, float]] = {}
     results: dict[str, str] = {}
+    queue = ctx.Queue()  # workers' progress records, drawn by the console
+    listener = progress_listener(progress, queue)
     try:
         while pending or running:
             for slot in range(jobs):
@@ -193,9 +178,10 @@ def _run_parallel(todo: list[RunConfig], runs: Path, jobs: int, train_fn: TrainF
                     cfg = pending.popleft()
                     gpu = gpus[slot % len(gpus)] if gpus else None
                     threads = None if gpus else max(1, (os.cpu_count() or 1) // jobs)
-                    proc = ctx.Process(target=_worker, args=(cfg, str(runs), train_fn, gpu, os.getpid(), threads),
-                                       name=f"encseg-{run_id(cfg)}")
+                    proc = ctx.Process(target=_worker, name=f"encseg-{run_id(cfg)}",
+                                       args=(cfg, str(runs), train_fn, gpu, os.getpid(), threads, queue))
                     proc.start()
+                    progress.started(run_id(cfg))
                     running[slot] = (proc, cfg, time.monotonic())
             wait_for_sentinels([p.sentinel for p, _, _ in running.values()], timeout=5.0)
             for slot, (proc, cfg, t0) in list(running.items()):
@@ -215,6 +201,7 @@ def _run_parallel(todo: list[RunConfig], runs: Path, jobs: int, train_fn: TrainF
             proc.join(timeout=10)
             if proc.is_alive():
                 proc.terminate()
+        listener.stop()
     return results
 
 
@@ -290,7 +277,7 @@ def _record_jobs(sdir: Path, launcher: str, folder: Path, jobs: list, todo: list
 
 
 def _run_submitit(study: StudyConfig, todo: list[RunConfig], sdir: Path, runs: Path, launcher: str, jobs: int,
-                  train_fn: TrainFn | None, wait: bool, progress: _Progress) -> tuple[dict, list[str]]:
+                  train_fn: TrainFn | None, wait: bool, progress: StudyConsole) -> tuple[dict, list[str]]:
     folder = sdir / "submitit" / "%j"
     ex = submitit.AutoExecutor(folder=folder, cluster="local" if launcher == "submitit-local" else "slurm")
     ex.update_parameters(**executor_parameters(study, launcher, jobs))
@@ -350,7 +337,7 @@ def _launch(study: StudyConfig, todo: list[RunConfig], sdir: Path, launcher: str
             train_fn: TrainFn | None, wait: bool | None) -> tuple[dict[str, str], list[str]]:
     """Run (or submit) ``todo``; returns each finished cell's status and the submitted run ids."""
     runs = sdir / "runs"
-    progress = _Progress(len(todo))
+    progress = StudyConsole(len(todo), jobs=jobs if launcher == "local" else len(todo))
     try:
         if launcher == "local":
             results = (_run_sequential(todo, runs, train_fn, progress) if jobs == 1

@@ -538,8 +538,8 @@ def build_blocks(study_dir: Path, meta: dict, results: pd.DataFrame, summary: pd
     unit = "mIoU in %" if scale == 100 else "mIoU"
     blocks: list[Block] = [Heading(1, f"Encoder study: {meta['name']}")]
     n_runs = results["run_id"].nunique() if not results.empty else 0
-    blocks.append(Para(f"Study directory: {study_dir}. {n_runs} finished runs, {len(failures)} failed, "
-                       f"{len(incomplete)} incomplete."))
+    blocks.append(Para(f"Study directory: {study_dir.resolve().name} (paths below are relative to it). "
+                       f"{n_runs} finished runs, {len(failures)} failed, {len(incomplete)} incomplete."))
     brief, insight_sections = (insight_blocks(insights, summary, baseline, scale, tau_image)
                                if insights is not None and tau_image is not None else ([], []))
     blocks.extend(brief)
@@ -632,14 +632,37 @@ def _compute_row(name: str, g: pd.DataFrame) -> list[str]:
 # ----------------------------------------------------------------------------------------- renderers
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1200px;
-color:#222;line-height:1.45;padding:0 1em}
+color:#222;line-height:1.45;padding:0 1em;overflow-wrap:anywhere}
 h1{border-bottom:2px solid #444}h2{border-bottom:1px solid #bbb;margin-top:2em}
 table{border-collapse:collapse;margin:0.6em 0 1.2em;font-size:0.9em}
-th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f0f0f0}
+th,td{border:1px solid #ccc;padding:3px 6px;text-align:right;overflow-wrap:normal}th{background:#f0f0f0}
+table{max-width:100%}td.wrap{overflow-wrap:anywhere}
 td:first-child,th:first-child{text-align:left}
 figure{margin:1em 0}img{max-width:100%;border:1px solid #ddd}figcaption{color:#555;font-size:0.9em}
 .skipped{color:#a33}
 """
+
+
+def relative_paths(blocks: list[Block], study_dir: Path) -> list[Block]:
+    """The same blocks with the study directory's absolute path dropped from their text (error lines and
+    protocol entries quote files), so a report reads the same wherever the study was run or moved to."""
+    prefixes = sorted({str(study_dir.resolve()) + "/", str(study_dir.absolute()) + "/"}, key=len, reverse=True)
+
+    def rel(text: str) -> str:
+        for prefix in prefixes:
+            text = text.replace(prefix, "")
+        return text
+
+    out: list[Block] = []
+    for b in blocks:
+        if isinstance(b, Para):
+            b = Para(rel(b.text))
+        elif isinstance(b, Bullets):
+            b = Bullets([rel(i) for i in b.items])
+        elif isinstance(b, Table):
+            b = Table([rel(h) for h in b.header], [[rel(str(c)) for c in row] for row in b.rows], b.bold)
+        out.append(b)
+    return out
 
 
 def _html_table(t: Table) -> str:
@@ -649,7 +672,9 @@ def _html_table(t: Table) -> str:
         cells = []
         for j, cell in enumerate(row):
             text = html.escape(str(cell))
-            cells.append(f"<td><b>{text}</b></td>" if (i, j) in t.bold else f"<td>{text}</td>")
+            # run ids and long messages may break anywhere, so a wide table fits the page; numbers never do
+            td = "<td>" if j and len(text) < 40 else '<td class="wrap">'
+            cells.append(f"{td}<b>{text}</b></td>" if (i, j) in t.bold else f"{td}{text}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
@@ -778,6 +803,7 @@ def write_report(study_dir: str | Path, n_boot: int = 2000, seed: int = 0) -> Pa
         "Kendall's tau-b between the encoder rankings of two settings; '–' where fewer than 2 encoders are shared.")
     blocks = build_blocks(study_dir, meta, results, summary, figures, failures, incomplete, protocol, n_boot,
                           insights, tau_image, compute=plan.compute_used(study_dir))
+    blocks = relative_paths(blocks, study_dir)
     atomic_write_text(study_dir / "report.md", render_markdown(blocks, study_dir))
     return atomic_write_text(study_dir / "report.html", render_html(blocks))
 
