@@ -52,6 +52,17 @@ class DatasetConfig(Strict):
     synthetic: SynthConfig | None = None  # generate the data at ``root`` on first use
     taxonomy: str | None = None  # name of the taxonomy whose shared label space this dataset maps into
     options: dict[str, Any] = Field(default_factory=dict)  # format-specific switches, e.g. use_sbd: true
+    # train images held out as the dev split (int: a count, float: a fraction); 0: none (see data/subsets.py)
+    dev_size: int | float = 0.05
+
+    @field_validator("dev_size")
+    @classmethod
+    def _dev_size(cls, v: int | float) -> int | float:
+        if isinstance(v, float) and not 0.0 < v < 1.0:
+            raise ValueError(f"dev_size {v} must be a fraction in (0, 1) or an image count (an int >= 0)")
+        if v < 0:
+            raise ValueError(f"dev_size {v} must not be negative")
+        return v
 
     @property
     def display_name(self) -> str:
@@ -138,13 +149,25 @@ class ModelConfig(Strict):
 
 
 # ---------------------------------------------------------------------------------------------- train
+class ConvergeConfig(Strict):
+    """When the dev curve has stopped improving (engine/convergence.py): ``patience`` validations in a row
+    without an mIoU gain above ``min_delta`` AND without a relative dev-loss drop above ``loss_min_delta``."""
+
+    patience: int = Field(5, ge=1)
+    min_delta: float = Field(0.005, ge=0.0)  # absolute dev mIoU
+    loss_min_delta: float | None = Field(0.01, ge=0.0)  # relative dev loss; None: judge on mIoU alone
+    anneal_fraction: float = Field(0.2, gt=0.0, le=1.0)  # final LR decay, as a share of the steps so far
+
+
 class TrainConfig(Strict):
     optimizer: Literal["adamw"] = "adamw"
     lr: float = Field(1e-4, gt=0.0)
     weight_decay: float = Field(0.05, ge=0.0)
     betas: tuple[float, float] = (0.9, 0.999)
-    budget: Literal["iters", "epochs"] = "iters"
-    max_iters: int = Field(160_000, ge=1)
+    budget: Literal["iters", "epochs", "converge"] = "iters"  # converge: until the dev curve plateaus
+    max_iters: int = Field(160_000, ge=1)  # the schedule (iters) or the cap (converge)
+    min_iters: int = Field(0, ge=0)  # converge: no plateau is declared before this step
+    converge: ConvergeConfig = Field(default_factory=ConvergeConfig)
     max_epochs: int = Field(100, ge=1)
     warmup_iters: int = Field(0, ge=0)
     warmup_ratio: float = Field(1e-6, gt=0.0, le=1.0)  # start LR as a fraction of the base LR
@@ -159,6 +182,12 @@ class TrainConfig(Strict):
     log_every: int = Field(50, ge=1)
     checkpoint_every: int | None = None  # iterations between `last` saves; None: at every validation
     compile: bool = False
+
+    @model_validator(mode="after")
+    def _min_iters(self) -> TrainConfig:
+        if self.min_iters > self.max_iters:
+            raise ValueError(f"train.min_iters={self.min_iters} exceeds train.max_iters={self.max_iters}")
+        return self
 
 
 class EvalConfig(Strict):
@@ -199,6 +228,14 @@ class RunConfig(Strict):
         if v is not None and (not v or any(c in v for c in "/\\ ")):
             raise ValueError(f"name {v!r} must be a non-empty string without slashes or spaces")
         return v
+
+    @model_validator(mode="after")
+    def _dev_split_for_decisions(self) -> RunConfig:
+        # without a dev split the validation curve is the reported split: no decision may be made on it
+        if self.data.dataset.dev_size == 0 and (self.train.budget == "converge" or self.eval.checkpoint == "best"):
+            raise ValueError("data.dataset.dev_size is 0 (no dev split), so train.budget 'converge' and "
+                             "eval.checkpoint 'best' would select on the reported val split; set a dev_size")
+        return self
 
 
 # ------------------------------------------------------------------------------------ load / override

@@ -51,6 +51,7 @@ class SegmentationModule(L.LightningModule):
         self.last_train_terms: dict[str, float] = {}
         self.last_val_metrics: dict[str, float] = {}
         self.val_confusion_path = None  # set by engine.train: <run>/eval/val_confusion_last.npy
+        self.lr_factor = None  # set by engine.train for budget "converge" (a schedule without a known length)
 
     # ------------------------------------------------------------------------------------------ train
     def training_step(self, batch, batch_idx):
@@ -115,7 +116,7 @@ class SegmentationModule(L.LightningModule):
         def factor(step: int) -> float:
             return warmup_poly_factor(step, total, warmup, t.warmup_ratio, t.poly_power)
 
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, self.lr_factor or factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
 
 

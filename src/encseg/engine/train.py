@@ -20,8 +20,9 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from encseg.config import ConfigError, RunConfig, dump_config, load_run_config
-from encseg.engine.callbacks import AtomicCheckpointIO, History, PlainProgress
-from encseg.engine.loaders import eval_dataset, eval_loader, train_dataset, train_loader
+from encseg.engine.callbacks import AtomicCheckpointIO, ConvergeStop, History, PlainProgress
+from encseg.engine.convergence import Criterion
+from encseg.engine.loaders import dev_dataset, eval_dataset, eval_loader, train_dataset, train_loader
 from encseg.engine.module import SegmentationModule
 from encseg.engine.rundir import (
     RunDir,
@@ -146,20 +147,23 @@ def _train(cfg: RunConfig, rd: RunDir, argv: list[str], rank0: bool) -> None:
     mean, std = seg.encoder.mean, seg.encoder.std
 
     train_ds, idx = train_dataset(full, cfg.data, mean, std, cfg.seed)
+    dev_ds, dev_idx = dev_dataset(full, cfg.data, mean, std)
     val_ds = eval_dataset(cfg.data.dataset, cfg.data, mean, std)
     if rank0:
         atomic_write_text(rd.subset_path, "\n".join(full.relative_path(i) for i in idx) + "\n")
+        atomic_write_text(rd.path / "dev_subset.txt", "".join(f"{full.relative_path(i)}\n" for i in dev_idx))
         from encseg.data.subsets import class_coverage
         atomic_write_json(rd.path / "subset.json", {
             "fraction": cfg.data.fraction, "subset_seed": cfg.data.subset_seed, "num_images": len(idx),
-            "num_images_full": len(full), "coverage": class_coverage(full, idx)})
+            "num_images_full": len(full), "dev_size": len(dev_idx), "num_images_pool": len(full) - len(dev_idx),
+            "coverage": class_coverage(full, idx)})
 
     world = (cfg.train.devices if isinstance(cfg.train.devices, int) else max(1, torch.cuda.device_count())) \
         * cfg.train.num_nodes
     batches_per_epoch = max(1, len(train_ds) // (cfg.data.batch_size * world)) \
         if len(train_ds) >= cfg.data.batch_size * world else 1
     steps_per_epoch = max(1, batches_per_epoch // cfg.train.accumulate)
-    if cfg.train.budget == "iters":
+    if cfg.train.budget in ("iters", "converge"):
         total_steps = cfg.train.max_iters
         val_kw = dict(val_check_interval=cfg.train.val_every * cfg.train.accumulate, check_val_every_n_epoch=None)
     else:
@@ -168,13 +172,17 @@ def _train(cfg: RunConfig, rd: RunDir, argv: list[str], rank0: bool) -> None:
 
     module = SegmentationModule(seg, cfg.train, cfg.model.regime, cfg.eval, classes, total_steps, cfg.data.crop_size)
     module.val_confusion_path = rd.eval_dir / "val_confusion_last.npy"
+    stop = None
+    if cfg.train.budget == "converge":
+        stop = ConvergeStop(Criterion.from_config(cfg.train), cfg.train.warmup_iters, cfg.train.warmup_ratio)
+        module.lr_factor = lambda step: stop.lr_factor(step)  # a plain function: LambdaLR does not pickle it
     history = History(rd.history_path, cfg.train.log_every, steps_per_epoch)
     best = ModelCheckpoint(dirpath=rd.checkpoints, filename="best", monitor="val/miou", mode="max", save_top_k=1,
                            save_last=False, enable_version_counter=False, auto_insert_metric_name=False)
     last = ModelCheckpoint(dirpath=rd.checkpoints, filename="last", save_top_k=0, save_last=True,
                            every_n_train_steps=cfg.train.checkpoint_every, enable_version_counter=False)
     show_bar = {"on": True, "off": False}.get(cfg.logging.progress_bar, sys.stderr.isatty())
-    callbacks = [history, best, last]
+    callbacks = [history, best, last] + ([stop] if stop else [])
     if not show_bar:
         callbacks.append(PlainProgress(cfg.train.log_every, total_steps))
 
@@ -199,11 +207,13 @@ def _train(cfg: RunConfig, rd: RunDir, argv: list[str], rank0: bool) -> None:
         # Lightning warns that few workers are used / that the val loader is not shuffled: both are deliberate
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         warnings.filterwarnings("ignore", ".*The number of training batches.*")
-        trainer.fit(module, datamodule=_Data(cfg, train_ds, val_ds), ckpt_path=ckpt)
+        # validation during training watches the dev split; the reported splits are scored once, in finalize
+        trainer.fit(module, datamodule=_Data(cfg, train_ds, dev_ds or val_ds), ckpt_path=ckpt)
     if not trainer.is_global_zero:
         return
     from encseg.engine.finalize import finalize_run
-    finalize_run(cfg, rd, trainer, module, history, classes, val_ds, t0, best_path=Path(best.best_model_path or ""))
+    finalize_run(cfg, rd, trainer, module, history, classes, val_ds, t0, best_path=Path(best.best_model_path or ""),
+                 dev_ds=dev_ds, converge_state=stop.state if stop else None)
     finish_env(rd)
     rd.mark_done()
 
