@@ -16,7 +16,7 @@ MAIN_DEMO_RANDOM_100 = {0: [0.20, 0.22, 0.23, 0.24, 0.30, 0.33], 1: [0.18, 0.21,
 
 def _curve(mious, losses=None, every=50):
     losses = losses or [None] * len(mious)
-    return [(every * (i + 1), m, l) for i, (m, l) in enumerate(zip(mious, losses, strict=True))]
+    return [(every * (i + 1), m, loss) for i, (m, loss) in enumerate(zip(mious, losses, strict=True))]
 
 
 @pytest.mark.parametrize("seed", [0, 1])

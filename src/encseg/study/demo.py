@@ -132,7 +132,8 @@ def story_checks(results, dataset: str = "synth_a", control: str = "pretrained_b
                        f"{100 * gain:+.1f} mIoU points, seed std up to {100 * spread:.1f}"))
     for (enc, regime), cell in stats.groupby(level=["encoder", "regime"]):
         cell = cell.droplevel(["encoder", "regime"]).sort_index()
-        for (fa, a), (fb, b) in zip(cell.iterrows(), list(cell.iterrows())[1:]):
+        pairs = list(cell.iterrows())
+        for (fa, a), (fb, b) in zip(pairs, pairs[1:], strict=False):
             drop, spread = a["mean"] - b["mean"], max(a["std"], b["std"])
             checks.append((bool(drop <= spread), f"{enc} ({regime}) {fa:.0%} -> {fb:.0%}: mIoU {100 * a['mean']:.1f}"
                            f" -> {100 * b['mean']:.1f} (a fall may not exceed the seed std {100 * spread:.1f})"))
