@@ -15,7 +15,6 @@ Identity columns come from the run's ``config.yaml``: ``encoder`` is the study l
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from datetime import datetime
@@ -38,11 +37,8 @@ METRIC_COLUMNS = ["miou", "macc", "aacc", "fwiou"]
 # summary.json fields copied into every result row (NaN where the engine wrote null or left the key out)
 SUMMARY_FIELDS = ["epochs_to_converge", "steps_to_converge", "time_to_converge_s", "train_time_s", "steps",
                   "infer_ms_per_image", "infer_p90_ms", "images_per_s", "peak_mem_mb", "params_total",
-                  "params_trainable", "params_encoder", "params_neck", "params_head", "gflops",
-                  "converged_iter", "iters_trained", "epochs_trained", "train_wall_s", "max_iters", "dev_images"]
-# the run's convergence record that is not a number: converged (bool), budget (str), criterion (compact JSON)
-CONVERGENCE_FIELDS = ["converged", "budget", "criterion"]
-RESULT_COLUMNS = [*IDENTITY_COLUMNS, "eval_dataset", "cross", *METRIC_COLUMNS, *SUMMARY_FIELDS, *CONVERGENCE_FIELDS,
+                  "params_trainable", "params_encoder", "params_neck", "params_head", "gflops"]
+RESULT_COLUMNS = [*IDENTITY_COLUMNS, "eval_dataset", "cross", *METRIC_COLUMNS, *SUMMARY_FIELDS,
                   "eval_split", "eval_num_images", "eval_num_classes", "weights"]
 FAILURE_COLUMNS = ["run_id", "encoder", "regime", "train_dataset", "fraction", "seed", "error"]
 INCOMPLETE_COLUMNS = ["run_id", "encoder", "regime", "train_dataset", "fraction", "seed", "state", "reason"]
@@ -141,17 +137,7 @@ def _summary(rd: RunDir) -> dict:
             out[key] = _num(summary.get(key))
         except TypeError as e:
             raise StudyDataError(f"{rd.summary_path}: {key} {e}") from None
-    return {**out, **_convergence(summary, rd.summary_path)}
-
-
-def _convergence(summary: dict, path: Path) -> dict[str, Any]:
-    """converged / budget / criterion; a run recorded before convergence was tracked reads as unconverged."""
-    converged = summary.get("converged", False)
-    if not isinstance(converged, bool):
-        raise StudyDataError(f"{path}: converged must be true or false, got {converged!r}")
-    criterion = summary.get("criterion")
-    return {"converged": converged, "budget": summary.get("budget"),
-            "criterion": json.dumps(criterion, sort_keys=True, separators=(",", ":")) if criterion else None}
+    return out
 
 
 def _is_cross(dataset: str, train_dataset: str, ev: dict) -> bool:
