@@ -101,3 +101,25 @@ def test_record_fields_follow_the_contract():
     unconverged = record(State(), DEMO, "converge", steps=1500, steps_per_epoch=25, wall_s=1.0, cap=1500)
     assert unconverged["converged"] is False and unconverged["epochs_to_converge"] is None
     assert unconverged["criterion"]["stopped_by"] == "max_iters"
+
+
+def test_fixed_budget_runs_get_the_same_criterion_replayed_on_their_dev_curve(tmp_path):
+    import pandas as pd
+
+    from encseg.config import load_run_config
+    from encseg.engine.finalize import convergence_record
+
+    cfg = load_run_config(data={"data": {"dataset": {"root": str(tmp_path)}},
+                                "train": {"budget": "iters", "max_iters": 600, "val_every": 50,
+                                          "converge": {"patience": 4}}})
+    steps = [50 * (i + 1) for i in range(12)]
+    train_rows = pd.DataFrame({"step": steps, "time_s": [float(s) for s in steps], "loss": [1.0] * 12})
+    plateau = pd.DataFrame({"step": steps, "time_s": [float(s) + 0.5 for s in steps],
+                            "val_miou": [0.3, 0.4, 0.5, 0.6] + [0.6] * 8, "val_loss": [9.0, 8.0, 7.0, 6.0] + [6.0] * 8})
+    rec = convergence_record(cfg, None, pd.concat([train_rows, plateau]), steps=600, steps_per_epoch=25, wall_s=9.0)
+    assert rec["converged"] is True and rec["converged_iter"] == 400 and rec["steps_to_converge"] == 400
+    assert rec["epochs_to_converge"] == 16.0 and rec["time_to_converge_s"] == 400.5
+    assert rec["budget"] == "iters" and rec["max_iters"] == 600 and rec["criterion"]["stopped_by"] == "schedule"
+    rising = plateau.assign(val_miou=[0.05 * (i + 1) for i in range(12)])
+    rec = convergence_record(cfg, None, pd.concat([train_rows, rising]), steps=600, steps_per_epoch=25, wall_s=9.0)
+    assert rec["converged"] is False and rec["epochs_to_converge"] is None and rec["time_to_converge_s"] is None
