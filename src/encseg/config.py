@@ -212,7 +212,7 @@ class EvalConfig(Strict):
     scales: list[float] = Field(default_factory=lambda: [1.0])
     batch_size: int = Field(1, ge=1)
     datasets: list[DatasetConfig] = Field(default_factory=list)  # extra (cross-dataset) evals after training
-    checkpoint: Literal["last", "best"] = "last"  # weights that are exported and scored; "best" selects on val
+    checkpoint: Literal["last", "best"] = "last"  # weights that are exported and scored; "best" selects on the dev split
     latency_iters: int = Field(10, ge=0)  # timed forwards for the efficiency record; 0 skips timing
     converge_fraction: float = Field(0.95, gt=0.0, le=1.0)
     converge_target: float | None = None  # absolute mIoU target for time-to-target

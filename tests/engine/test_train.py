@@ -53,7 +53,13 @@ def test_run_directory_holds_every_file_the_study_needs(synth, tmp_path):
     assert ev["num_images"] == 5 and len(ev["per_image_miou"]) == 5
     assert ev["protocol"]["mode"] == "whole"
     assert summary["params_total"] > summary["params_head"] > 0 and summary["gflops"] > 0
-    assert len(rd.subset_path.read_text().split()) == 8
+    # the default dev split (5 % of 8 -> 1 image) is held out of the train subset and watched during training
+    dev = (rd.path / "dev_subset.txt").read_text().split()
+    assert len(dev) == 1 and len(rd.subset_path.read_text().split()) == 7
+    assert not set(dev) & set(rd.subset_path.read_text().split())
+    assert summary["dev_images"] == 1 and summary["budget"] == "iters" and summary["max_iters"] == 20
+    assert summary["iters_trained"] == 20 and summary["epochs_trained"] == 20 / 1 and summary["train_wall_s"] > 0
+    assert isinstance(summary["converged"], bool) and summary["criterion"]["stopped_by"] == "schedule"
     env = json.loads(rd.env_path.read_text())
     assert env["versions"]["torch"] and env["end_time"]
     # a finished run is not trained again
@@ -64,7 +70,7 @@ def test_run_directory_holds_every_file_the_study_needs(synth, tmp_path):
 
 @pytest.mark.slow
 def test_tiny_model_overfits_eight_images(synth, tmp_path):
-    cfg = tiny_config(synth, data={"dataset": {"val_split": "train"}},
+    cfg = tiny_config(synth, data={"dataset": {"val_split": "train", "dev_size": 0}},
                       train={"max_iters": 300, "lr": 2e-3, "val_every": 300})
     summary = json.loads(RunDir(_run(cfg, tmp_path)).summary_path.read_text())
     assert summary["miou"] >= 0.9, summary["miou"]
@@ -124,6 +130,45 @@ def test_killed_run_resumes_to_the_same_result(synth, tmp_path):
     np.testing.assert_array_equal(np.load(rd.confusion_npy("synth")), np.load(reference.confusion_npy("synth")))
     hist = pd.read_csv(rd.history_path)
     assert not hist.duplicated(subset=["step", "val_miou"]).any()
+
+
+def test_converge_budget_killed_after_the_plateau_resumes_to_the_same_decisions_and_result(synth, tmp_path):
+    # min_delta 0.5: only the first validation improves, so the plateau is declared at step 15 (patience 2),
+    # the LR then decays to 0 over 15 steps and the run stops at step 30, well before max_iters
+    cfg = tiny_config(synth, train={"budget": "converge", "max_iters": 60, "val_every": 5, "checkpoint_every": 5,
+                                    "converge": {"patience": 2, "min_delta": 0.5, "loss_min_delta": None,
+                                                 "anneal_fraction": 1.0}})
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    reference = RunDir(_run(cfg, tmp_path / "ref"))
+    ref = json.loads(reference.summary_path.read_text())
+    assert ref["converged"] is True and ref["converged_iter"] == 15 and ref["iters_trained"] == 30
+    assert ref["criterion"]["stopped_by"] == "criterion" and ref["epochs_to_converge"] == 15.0
+
+    root = tmp_path / "killed"
+    proc = _cli(path, root)
+    rd = RunDir(root / reference.name)
+    deadline = time.time() + 600
+    # kill once the run has validated past the plateau, so the resumed run must restore the decision
+    while proc.poll() is None and time.time() < deadline:
+        if rd.history_path.is_file() and (pd.read_csv(rd.history_path).dropna(subset=["val_miou"])["step"] >= 20).any():
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, _finish(proc, 10)[-3000:]
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not rd.is_done()
+
+    resumed = _cli(path, root)
+    out = _finish(resumed, 600)
+    assert resumed.returncode == 0, out[-3000:]
+    assert "resuming" in out
+    np.testing.assert_array_equal(np.load(rd.confusion_npy("synth")), np.load(reference.confusion_npy("synth")))
+    got = json.loads(rd.summary_path.read_text())
+    for key in ("converged", "converged_iter", "iters_trained", "epochs_to_converge", "miou"):
+        assert got[key] == ref[key], key
+    lr = [pd.read_csv(r.history_path).dropna(subset=["lr"])[["step", "lr"]] for r in (rd, reference)]
+    pd.testing.assert_frame_equal(lr[0].reset_index(drop=True), lr[1].reset_index(drop=True))
 
 
 def test_config_typo_names_the_closest_key(synth):

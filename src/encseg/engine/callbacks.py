@@ -1,5 +1,5 @@
 """Lightning callbacks and plugins of a run: history.csv, the last validation's confusion matrix, plain-text
-progress, atomic checkpoints."""
+progress, atomic checkpoints, the convergence stop."""
 
 from __future__ import annotations
 
@@ -16,6 +16,9 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from encseg.atomic import atomic_save_npy, atomic_write, atomic_write_text
+from encseg.engine.convergence import Criterion, observe, should_stop
+from encseg.engine.convergence import State as ConvergeState
+from encseg.engine.convergence import lr_factor as converge_lr_factor
 from encseg.engine.logs import PROGRESS
 from encseg.engine.module import ValidationResult
 
@@ -178,3 +181,35 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(self, path, map_location=None, weights_only=None):
         return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+
+
+class ConvergeStop(L.Callback):
+    """``train.budget: converge``: feeds every dev validation to the criterion (``engine.convergence``) and stops
+    the run once its anneal is over. The criterion's state travels in the checkpoint, so a resumed run makes the
+    same decisions; ``lr_factor`` is the LR schedule the module's scheduler follows."""
+
+    def __init__(self, criterion: Criterion, warmup: int = 0, warmup_ratio: float = 1e-6):
+        self.criterion, self.warmup, self.warmup_ratio = criterion, warmup, warmup_ratio
+        self.state = ConvergeState()
+
+    def lr_factor(self, step: int) -> float:
+        return converge_lr_factor(step, self.state, self.warmup, self.warmup_ratio)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.state.to_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.state = ConvergeState.from_dict(state)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        # a run killed after its final checkpoint but before finishing resumes here: nothing left to train
+        if should_stop(self.state, trainer.global_step):
+            trainer.should_stop = True
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        m = pl_module.last_val_metrics  # already reduced over ranks: every rank takes the same decision
+        self.state = observe(self.state, self.criterion, trainer.global_step, m.get("val_miou"), m.get("val_loss"))
+        if should_stop(self.state, trainer.global_step):
+            trainer.should_stop = True

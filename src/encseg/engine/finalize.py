@@ -1,7 +1,8 @@
 """What a run leaves behind once training stops: exported model, eval files, cost, dynamics, plots.
 
 Runs on rank 0 only. The exported and scored weights are ``eval.checkpoint``: the final weights by default,
-because choosing the best validation checkpoint selects on the very split that is reported.
+or the best on the dev split (held out of the train split, never the reported split). The reported splits are
+scored here, once.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import torch
 from encseg.atomic import atomic_write_json, read_json
 from encseg.config import RunConfig
 from encseg.data.taxonomy import cross_dataset_luts, dataset_taxonomy
-from encseg.engine.dynamics import convergence
+from encseg.engine import convergence as crit
+from encseg.engine.dynamics import convergence, validation_rows
 from encseg.engine.efficiency import count_flops, count_params, measure_latency
 from encseg.engine.evaluate import EvalResult, evaluate, protocol, write_eval
 from encseg.engine.loaders import eval_dataset, eval_loader
@@ -32,23 +34,62 @@ def _load_best(module, best_path: Path) -> str:
     return "last (no best checkpoint was saved)"
 
 
+def _close_dev_curve(cfg: RunConfig, history, seg, dev_ds, step: int, classes: list[str], device) -> None:
+    """A dev validation of the final weights when the schedule did not end on one (the curve ends where the
+    run ends); taken before any checkpoint is loaded."""
+    last_val = [r for r in history.rows if "val_miou" in r]
+    if dev_ds is None or (last_val and last_val[-1]["step"] == step):
+        return
+    m = evaluate(seg, eval_loader(dev_ds, cfg.eval.batch_size, cfg.data.num_workers), cfg.eval, cfg.data.crop_size,
+                 classes, dataset="dev", split=cfg.data.dataset.train_split, device=device).metrics
+    history.add_validation(step, {"val_miou": m["miou"], "val_macc": m["macc"], "val_aacc": m["aacc"],
+                                  "val_fwiou": m["fwiou"], "val_loss": math.nan})
+    history.write()
+
+
+def convergence_record(cfg: RunConfig, state: crit.State | None, hist: pd.DataFrame | None, steps: int,
+                       steps_per_epoch: int, wall_s: float) -> dict:
+    """The summary's convergence fields: the live criterion's state under ``budget: converge``, else the same
+    criterion replayed on the recorded dev curve (did the fixed schedule reach a plateau?)."""
+    t = cfg.train
+    val_every = t.val_every * steps_per_epoch if t.budget == "epochs" else t.val_every
+    cap = t.max_epochs * steps_per_epoch if t.budget == "epochs" else t.max_iters
+    criterion = crit.Criterion.from_config(t, val_every=val_every)
+    if state is None:
+        val = validation_rows(hist) if hist is not None else pd.DataFrame()
+        points = [(int(r.step), r.val_miou, getattr(r, "val_loss", math.nan)) for r in val.itertuples()]
+        state = crit.replay(points, criterion)
+    out = crit.record(state, criterion, t.budget, steps, steps_per_epoch, wall_s, cap)
+    at = None
+    if state.fired_at is not None and hist is not None:
+        rows = validation_rows(hist)
+        hit = rows[rows["step"] == state.fired_at]
+        at = float(hit["time_s"].iloc[-1]) if len(hit) and "time_s" in hit else None
+    return {**out, "steps_to_converge": state.fired_at, "time_to_converge_s": at}
+
+
 def finalize_run(cfg: RunConfig, rd: RunDir, trainer, module, history, classes: list[str], val_ds, t0: float,
-                 best_path: Path) -> dict:
+                 best_path: Path, dev_ds=None, converge_state: crit.State | None = None) -> dict:
     """The named steps after training, in order; returns the summary written to ``summary.json``."""
     train_time = history.elapsed()
+    device = module.device if module.device.type != "meta" else torch.device("cpu")
+    _close_dev_curve(cfg, history, module.segmenter.eval(), dev_ds, trainer.global_step, classes, device)
     weights = select_weights(cfg, module, best_path)
     seg = module.segmenter
-    device = module.device if module.device.type != "meta" else torch.device("cpu")
     seg.eval()
     export_model(cfg, rd, seg, classes, weights)
     main = evaluate_own_split(cfg, rd, seg, classes, val_ds, device)
-    record_final_validation(history, trainer.global_step, main.metrics)
+    if dev_ds is None:  # no dev split: the validation split is the curve
+        record_final_validation(history, trainer.global_step, main.metrics)
     evaluate_other_datasets(cfg, rd, seg, classes, device)
     cost = measure_cost(cfg, seg, device)
-    dyn = training_dynamics(cfg, rd, history.steps_per_epoch)
+    dyn, hist = training_dynamics(cfg, rd, history.steps_per_epoch)
     times = {"train_time_s": train_time, "wall_time_s": time.time() - t0}
     summary = run_summary(cfg, rd, trainer.global_step, history.steps_per_epoch, times, weights, main.metrics,
                           cost, dyn)
+    summary.update(convergence_record(cfg, converge_state, hist, trainer.global_step, history.steps_per_epoch,
+                                      train_time))
+    summary["dev_images"] = len(dev_ds) if dev_ds is not None else 0
     atomic_write_json(rd.summary_path, summary)
     return summary
 
@@ -125,16 +166,16 @@ def measure_cost(cfg: RunConfig, seg, device) -> dict:
     return {"params": params, "flops": flops, "size": size, "latency": latency}
 
 
-def training_dynamics(cfg: RunConfig, rd: RunDir, steps_per_epoch: int) -> dict:
-    """Convergence figures from ``history.csv`` and the loss / validation plots."""
+def training_dynamics(cfg: RunConfig, rd: RunDir, steps_per_epoch: int) -> tuple[dict, pd.DataFrame | None]:
+    """Convergence figures from ``history.csv`` (and the table itself) and the loss / validation plots."""
     if not rd.history_path.is_file():
-        return {}
+        return {}, None
     hist = pd.read_csv(rd.history_path)
     dyn = convergence(hist, fraction=cfg.eval.converge_fraction, target=cfg.eval.converge_target,
                       steps_per_epoch=steps_per_epoch)
     plot_losses(hist, rd.plots_dir / "loss.png")
     plot_val_curve(hist, rd.plots_dir / "val_miou.png")
-    return dyn
+    return dyn, hist
 
 
 def run_summary(cfg: RunConfig, rd: RunDir, step: int, steps_per_epoch: int, times: dict, weights: str,
@@ -151,9 +192,7 @@ def run_summary(cfg: RunConfig, rd: RunDir, step: int, steps_per_epoch: int, tim
         "subset_seed": cfg.data.subset_seed, "num_train_images": n_images, "steps": step,
         "epochs": step / max(1, steps_per_epoch), **times, "exported_weights": weights,
         "miou": metrics["miou"], "macc": metrics["macc"], "aacc": metrics["aacc"], "fwiou": metrics["fwiou"],
-        "epochs_to_converge": dyn.get("epochs_to_converge"), "steps_to_converge": dyn.get("steps_to_converge"),
-        "time_to_converge_s": dyn.get("time_to_converge_s"), "time_to_target_s": dyn.get("time_to_target_s"),
-        "best_val_miou": dyn.get("best_miou"),
+        "time_to_target_s": dyn.get("time_to_target_s"), "best_val_miou": dyn.get("best_miou"),
         "params_total": params.get("total"), "params_trainable": params.get("trainable"),
         "params_encoder": params.get("encoder"), "params_neck": params.get("neck"), "params_head": params.get("head"),
         "gflops": cost["flops"] / 1e9, "flops_input": [1, 3, size, size],

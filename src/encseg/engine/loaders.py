@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from encseg.config import DataConfig, DatasetConfig
 from encseg.data.formats import build_dataset
 from encseg.data.formats.base import DatasetError
-from encseg.data.subsets import subset_indices
+from encseg.data.subsets import dev_indices, subset_indices
 from encseg.data.transforms import drawing_from, eval_transforms, train_transforms
 from encseg.engine.schedule import drop_last, samples_per_rank
 from encseg.errors import InputError
@@ -144,8 +144,16 @@ def train_dataset(full, data: DataConfig, mean, std, seed: int):
     if len(full) == 0:
         raise DatasetError(f"dataset {data.dataset.display_name}: split {data.dataset.train_split!r} under "
                          f"{data.dataset.root} has no images")
-    idx = subset_indices(len(full), data.fraction, data.subset_seed)
+    idx = subset_indices(len(full), data.fraction, data.subset_seed, data.dataset.dev_size)
     return SeededAugment(full.select(idx), train_transforms(data, mean, std), seed), idx
+
+
+def dev_dataset(full, data: DataConfig, mean, std):
+    """The dev split of the train split ``full`` with eval transforms (None without one), and its indices."""
+    idx = dev_indices(len(full), data.dataset.dev_size, data.subset_seed)
+    if not idx:
+        return None, idx
+    return WithOriginalMask(full.select(idx).with_transform(eval_transforms(data, mean, std))), idx
 
 
 def eval_dataset(ds_cfg: DatasetConfig, data: DataConfig, mean, std, split: str | None = None):

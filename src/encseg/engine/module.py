@@ -63,6 +63,7 @@ class SegmentationModule(L.LightningModule):
         self._val_loss_sum = 0.0
         self._val_loss_n = 0
         self.validation = validation if validation is not None else ValidationResult()
+        self.lr_factor = None  # set by engine.train for budget "converge" (a schedule without a known length)
 
     # ------------------------------------------------------------------------------------------ train
     def training_step(self, batch, batch_idx):
@@ -123,7 +124,7 @@ class SegmentationModule(L.LightningModule):
         def factor(step: int) -> float:
             return warmup_poly_factor(step, total, warmup, t.warmup_ratio, t.poly_power)
 
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, self.lr_factor or factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
 
 

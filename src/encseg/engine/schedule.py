@@ -56,7 +56,7 @@ class Schedule:
 
 def total_steps(cfg: RunConfig, n_images: int) -> int:
     """Optimiser steps of the whole run on ``n_images`` training images."""
-    if cfg.train.budget == "iters":
+    if cfg.train.budget in ("iters", "converge"):  # converge: max_iters is the cap
         return cfg.train.max_iters
     world = world_size(cfg.train)
     return cfg.train.max_epochs * steps_per_epoch(n_images, cfg.data.batch_size, world, cfg.train.accumulate)
@@ -65,7 +65,7 @@ def total_steps(cfg: RunConfig, n_images: int) -> int:
 def schedule(cfg: RunConfig, n_images: int) -> Schedule:
     world = world_size(cfg.train)
     per_epoch = steps_per_epoch(n_images, cfg.data.batch_size, world, cfg.train.accumulate)
-    if cfg.train.budget == "iters":
+    if cfg.train.budget in ("iters", "converge"):  # converge: max_iters is the cap
         # Lightning counts this interval in batches, the config in optimiser steps
         val_kw = dict(val_check_interval=cfg.train.val_every * cfg.train.accumulate, check_val_every_n_epoch=None)
     else:

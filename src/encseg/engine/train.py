@@ -22,9 +22,16 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from encseg.atomic import atomic_write_json, atomic_write_text
 from encseg.config import ConfigError, RunConfig, dump_config, load_run_config
-from encseg.engine.callbacks import AtomicCheckpointIO, History, PlainProgress, ValidationConfusion
+from encseg.engine.callbacks import (
+    AtomicCheckpointIO,
+    ConvergeStop,
+    History,
+    PlainProgress,
+    ValidationConfusion,
+)
+from encseg.engine.convergence import Criterion
 from encseg.engine.distributed import is_rank_zero
-from encseg.engine.loaders import eval_dataset, eval_loader, train_dataset, train_loader
+from encseg.engine.loaders import dev_dataset, eval_dataset, eval_loader, train_dataset, train_loader
 from encseg.engine.logs import LOG_NAME, console_handler, run_log
 from encseg.engine.module import SegmentationModule, ValidationResult
 from encseg.engine.rundir import RunDir, config_diff, resolve_runs_root, run_id
@@ -125,17 +132,20 @@ def _train(cfg: RunConfig, rd: RunDir, argv: list[str], rank0: bool) -> None:
     check_data(cfg)
     full, seg = build_model(cfg)
     train_ds, idx = train_dataset(full, cfg.data, seg.encoder.mean, seg.encoder.std, cfg.seed)
+    dev_ds, dev_idx = dev_dataset(full, cfg.data, seg.encoder.mean, seg.encoder.std)
     val_ds = eval_dataset(cfg.data.dataset, cfg.data, seg.encoder.mean, seg.encoder.std)
     if rank0:
-        write_subset(rd, cfg, full, idx)
+        write_subset(rd, cfg, full, idx, dev_idx)
     sched = schedule(cfg, len(train_ds))
-    fitted = fit(cfg, rd, seg, list(full.classes), train_ds, val_ds, sched)
+    # validation during training watches the dev split; the reported splits are scored once, in finalize
+    fitted = fit(cfg, rd, seg, list(full.classes), train_ds, dev_ds or val_ds, sched)
     check_trained(fitted.trainer, cfg, len(train_ds), sched)
     if not fitted.trainer.is_global_zero:
         return
     from encseg.engine.finalize import finalize_run
     finalize_run(cfg, rd, fitted.trainer, fitted.module, fitted.history, list(full.classes), val_ds, t0,
-                 best_path=Path(fitted.best.best_model_path or ""))
+                 best_path=Path(fitted.best.best_model_path or ""), dev_ds=dev_ds,
+                 converge_state=fitted.stop.state if fitted.stop else None)
     finish_env(rd)
     rd.mark_done()
 
@@ -163,14 +173,17 @@ def build_model(cfg: RunConfig):
     return full, build_segmenter(cfg.model, num_classes=len(full.classes), img_size=img_size)
 
 
-def write_subset(rd: RunDir, cfg: RunConfig, full, idx: list[int]) -> None:
-    """``subset.txt`` (the chosen images, relative to the dataset root) and ``subset.json`` (size, coverage)."""
+def write_subset(rd: RunDir, cfg: RunConfig, full, idx: list[int], dev_idx: list[int]) -> None:
+    """``subset.txt`` and ``dev_subset.txt`` (the chosen images, relative to the dataset root) and
+    ``subset.json`` (sizes, coverage)."""
     from encseg.data.subsets import class_coverage
 
     atomic_write_text(rd.subset_path, "\n".join(full.relative_path(i) for i in idx) + "\n")
+    atomic_write_text(rd.path / "dev_subset.txt", "".join(f"{full.relative_path(i)}\n" for i in dev_idx))
     atomic_write_json(rd.path / "subset.json", {
         "fraction": cfg.data.fraction, "subset_seed": cfg.data.subset_seed, "num_images": len(idx),
-        "num_images_full": len(full), "coverage": class_coverage(full, idx)})
+        "num_images_full": len(full), "dev_size": len(dev_idx), "num_images_pool": len(full) - len(dev_idx),
+        "coverage": class_coverage(full, idx)})
 
 
 @dataclass
@@ -179,6 +192,7 @@ class _Fitted:
     module: SegmentationModule
     history: History
     best: ModelCheckpoint
+    stop: ConvergeStop | None
 
 
 def fit(cfg: RunConfig, rd: RunDir, seg, classes: list[str], train_ds, val_ds, sched: Schedule) -> _Fitted:
@@ -186,6 +200,10 @@ def fit(cfg: RunConfig, rd: RunDir, seg, classes: list[str], train_ds, val_ds, s
     validation = ValidationResult()
     module = SegmentationModule(seg, cfg.train, cfg.model.regime, cfg.eval, classes, sched.total_steps,
                                 cfg.data.crop_size, validation)
+    stop = None
+    if cfg.train.budget == "converge":
+        stop = ConvergeStop(Criterion.from_config(cfg.train), cfg.train.warmup_iters, cfg.train.warmup_ratio)
+        module.lr_factor = lambda step: stop.lr_factor(step)  # a plain function: LambdaLR does not pickle it
     history = History(rd.history_path, cfg.train.log_every, sched.steps_per_epoch, validation)
     best = ModelCheckpoint(dirpath=rd.checkpoints, filename="best", monitor="val/miou", mode="max", save_top_k=1,
                            save_last=False, enable_version_counter=False, auto_insert_metric_name=False)
@@ -195,6 +213,7 @@ def fit(cfg: RunConfig, rd: RunDir, seg, classes: list[str], train_ds, val_ds, s
     # progress lines always reach train.log; the console gets them only when it has no tqdm bar
     callbacks = [history, ValidationConfusion(rd.eval_dir / "val_confusion_last.npy", validation), best, last,
                  PlainProgress(cfg.train.log_every, sched.total_steps, validation, console=not show_bar)]
+    callbacks += [stop] if stop else []
     trainer = _trainer(cfg, rd, sched, callbacks, show_bar)
     if cfg.train.compile:
         seg.encoder.vit.compile()
@@ -206,7 +225,7 @@ def fit(cfg: RunConfig, rd: RunDir, seg, classes: list[str], train_ds, val_ds, s
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         warnings.filterwarnings("ignore", ".*The number of training batches.*")
         trainer.fit(module, datamodule=_Data(cfg, train_ds, val_ds), ckpt_path=ckpt)
-    return _Fitted(trainer, module, history, best)
+    return _Fitted(trainer, module, history, best, stop)
 
 
 def _trainer(cfg: RunConfig, rd: RunDir, sched: Schedule, callbacks: list, show_bar: bool) -> L.Trainer:

@@ -4,8 +4,9 @@
 2. Trains a tiny encoder on style B with all labels and exports it as a timm-format weights file: a
    *positive control*, an encoder known to carry useful pretraining for style A.
 3. Runs a study on style A: ``random`` (fine-tuned) and ``pretrained_b`` (fine-tuned and frozen) at 10%, 30% and
-   100% of the labels, 2 seeds each, scored on A and cross-dataset on B; two cells at a time.
-4. Writes the report and prints the path of ``report.html``.
+   100% of the labels, 2 seeds each, scored on A and cross-dataset on B; two cells at a time. Every cell trains on
+   the converge budget: until its dev curve (40 held-out train images) plateaus, then a short anneal.
+4. Writes the report and ``demo_table.md`` (the README's table), checks its own claims, prints the report's path.
 
 Every step is resumable: run it again after an interruption and finished work is reused.
 """
@@ -25,8 +26,9 @@ TINY_ENCODER = {"name": "random_vitb16", "timm_kwargs": {"embed_dim": 192, "dept
                                                         "patch_size": 8}}
 
 
-def _dataset(out: Path, style: str, train: int, val: int) -> dict[str, Any]:
+def _dataset(out: Path, style: str, train: int, val: int, dev: int = 40) -> dict[str, Any]:
     return {"name": f"synth_{style}", "format": "folder", "root": str(out / "data" / f"synth_{style}"),
+            "dev_size": dev,
             "synthetic": {"style": style, "classes": CLASSES, "train": train, "val": val, "size": SIZE,
                           "seed": {"a": 1, "b": 2}[style], "cue": "texture"}}
 
@@ -34,7 +36,8 @@ def _dataset(out: Path, style: str, train: int, val: int) -> dict[str, Any]:
 def _base(out: Path) -> dict[str, Any]:
     """The recipe shared by the pre-training run and every study cell (tiny ViT + Mask2Former, 64 px)."""
     return {
-        "data": {"dataset": _dataset(out, "a", 200, 50), "crop_size": SIZE, "base_size": SIZE,
+        # 240 train images: 40 form the dev split, the fractions are drawn from the other 200
+        "data": {"dataset": _dataset(out, "a", 240, 50), "crop_size": SIZE, "base_size": SIZE,
                  "scale_range": [1.0, 1.0], "photometric": False, "batch_size": 8, "num_workers": 0,
                  "eval_size": None},
         "model": {
@@ -45,8 +48,10 @@ def _base(out: Path) -> dict[str, Any]:
                      "train_num_points": 512},
             "regime": {"mode": "finetune", "lr_mult": 1.0},
         },
-        "train": {"lr": 1e-3, "weight_decay": 0.05, "max_iters": 300, "warmup_iters": 20, "grad_clip": 1.0,
-                  "val_every": 50, "log_every": 25},
+        # converge budget: the random encoder's 100 % cells need ~1000 steps, a frozen pretrained one a few hundred
+        "train": {"lr": 1e-3, "weight_decay": 0.05, "budget": "converge", "max_iters": 1500, "warmup_iters": 20,
+                  "grad_clip": 1.0, "val_every": 50, "log_every": 25,
+                  "converge": {"patience": 4, "min_delta": 0.005, "loss_min_delta": 0.01, "anneal_fraction": 0.2}},
         "eval": {"latency_iters": 5},
         "logging": {"progress_bar": "off"},
     }
@@ -64,11 +69,11 @@ def pretrain_encoder(out: Path) -> Path:
     if weights.is_file():
         return weights
     base = _base(out)
-    base["data"]["dataset"] = _dataset(out, "b", 400, 50)
+    base["data"]["dataset"] = _dataset(out, "b", 400, 50, dev=20)
     # a linear probe head learns this task in a few hundred steps (Mask2Former needs many more), so the
     # positive control is trained with it; the study itself always uses Mask2Former
     base["model"]["head"] = {"type": "linear"}
-    base["train"].update({"max_iters": 500, "val_every": 250})
+    base["train"].update({"budget": "iters", "max_iters": 500, "val_every": 250})
     base["name"] = "pretrain_synth_b"
     run = train(load_run_config(data=base), out / "pretrain", argv=["encseg", "demo"])
     seg, _ = load_segmenter(run)
@@ -91,32 +96,63 @@ def demo_study(out: Path, weights: Path) -> StudyConfig:
             {"label": "pretrained_b", "encoder": pretrained, "regime": {"mode": "finetune", "lr_mult": 0.1}},
             {"label": "pretrained_b", "encoder": pretrained, "regime": {"mode": "frozen"}},
         ],
-        "eval_datasets": [_dataset(out, "a", 200, 50), _dataset(out, "b", 400, 50)],
+        "eval_datasets": [_dataset(out, "a", 240, 50), _dataset(out, "b", 400, 50, dev=20)],
         "fractions": [0.1, 0.3, 1.0], "seeds": [0, 1], "subset_seed": 0,
     }
     return validate(StudyConfig, study, "demo study")
 
 
+def _in_domain(results, dataset: str):
+    return results[(results["train_dataset"] == dataset) & (results["eval_dataset"] == dataset)]
+
+
 def story_checks(results, dataset: str = "synth_a", control: str = "pretrained_b",
                  baseline: str = "random") -> list[tuple[bool, str]]:
     """The claims the demo must support, checked on its own results table (in-domain rows):
-    the positive control (every regime) beats the baseline at the smallest fraction by more than the larger
-    seed-to-seed std of the two, and for every encoder/regime the mean at the largest fraction is at least the
-    mean at the smallest."""
-    rows = results[(results["train_dataset"] == dataset) & (results["eval_dataset"] == dataset)]
-    stats = rows.groupby(["encoder", "regime", "fraction"])["miou"].agg(["mean", "std"])
-    lo, hi = rows["fraction"].min(), rows["fraction"].max()
-    checks = []
+
+    - every cell converged by the criterion (``converged``; a missing column counts as not converged);
+    - for every encoder/regime, no mean mIoU falls from one fraction to the next by more than the larger seed
+      std of the two;
+    - the positive control (every regime) beats the baseline at the smallest fraction by more than the larger
+      seed std of the two.
+    """
+    rows = _in_domain(results, dataset)
+    converged = rows["converged"].astype(bool) if "converged" in rows else rows["miou"].map(lambda _: False)
+    stuck = rows.loc[~converged, "run_id" if "run_id" in rows else "encoder"].tolist()
+    checks = [(not stuck, f"every cell converged by the criterion ({len(rows) - len(stuck)}/{len(rows)})"
+               + (f"; not: {', '.join(map(str, stuck))}" if stuck else ""))]
+    stats = rows.groupby(["encoder", "regime", "fraction"])["miou"].agg(["mean", "std"]).fillna({"std": 0.0})
+    lo = rows["fraction"].min()
     base = stats.loc[(baseline, "finetune", lo)]
     for regime in sorted(rows.loc[rows["encoder"] == control, "regime"].unique()):
         ctl = stats.loc[(control, regime, lo)]
         gain, spread = ctl["mean"] - base["mean"], max(ctl["std"], base["std"])
         checks.append((bool(gain > spread), f"{control} ({regime}) vs {baseline} at {lo:.0%}: gain "
                        f"{100 * gain:+.1f} mIoU points, seed std up to {100 * spread:.1f}"))
-    for (enc, regime), _ in rows.groupby(["encoder", "regime"]):
-        a, b = stats.loc[(enc, regime, lo), "mean"], stats.loc[(enc, regime, hi), "mean"]
-        checks.append((bool(b >= a), f"{enc} ({regime}): mIoU {100 * a:.1f} at {lo:.0%} -> {100 * b:.1f} at {hi:.0%}"))
+    for (enc, regime), cell in stats.groupby(level=["encoder", "regime"]):
+        cell = cell.droplevel(["encoder", "regime"]).sort_index()
+        pairs = list(cell.iterrows())
+        for (fa, a), (fb, b) in zip(pairs, pairs[1:], strict=False):
+            drop, spread = a["mean"] - b["mean"], max(a["std"], b["std"])
+            checks.append((bool(drop <= spread), f"{enc} ({regime}) {fa:.0%} -> {fb:.0%}: mIoU {100 * a['mean']:.1f}"
+                           f" -> {100 * b['mean']:.1f} (a fall may not exceed the seed std {100 * spread:.1f})"))
     return checks
+
+
+def demo_table(results, dataset: str = "synth_a") -> str:
+    """The README's demo table (markdown): mean ± std mIoU per encoder, regime and fraction, with the steps each
+    cell trained and how many of its seeds converged."""
+    rows = _in_domain(results, dataset)
+    lines = ["| encoder | regime | fraction | mIoU % (mean ± std) | steps per seed | converged |",
+             "|---|---|---|---|---|---|"]
+    for (enc, regime, frac), cell in rows.groupby(["encoder", "regime", "fraction"], sort=True):
+        m = 100 * cell["miou"]
+        std = m.std() if len(m) > 1 else float("nan")
+        steps = " / ".join(str(int(s)) for s in cell.sort_values("seed")["iters_trained"]) \
+            if "iters_trained" in cell else "?"
+        conv = int(cell["converged"].astype(bool).sum()) if "converged" in cell else 0
+        lines.append(f"| {enc} | {regime} | {frac:.0%} | {m.mean():.1f} ± {std:.1f} | {steps} | {conv}/{len(cell)} |")
+    return "\n".join(lines) + "\n"
 
 
 def run_demo(out: str | Path = "outputs/demo", jobs: int = 2) -> int:
@@ -131,7 +167,10 @@ def run_demo(out: str | Path = "outputs/demo", jobs: int = 2) -> int:
     result = run_study(demo_study(out, weights), launcher="local", jobs=jobs)
     report = write_report(out)
     import pandas as pd
-    checks = story_checks(pd.read_csv(out / "results.csv"))
+    results = pd.read_csv(out / "results.csv")
+    (out / "demo_table.md").write_text(demo_table(results))
+    print(f"[demo] table for the README: {out / 'demo_table.md'}", file=sys.stderr)
+    checks = story_checks(results)
     for ok, line in checks:
         print(f"[demo] {'PASS' if ok else 'FAIL'}  {line}", file=sys.stderr)
     print(f"[demo] finished in {time.time() - t0:.0f} s", file=sys.stderr)
