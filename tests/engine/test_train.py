@@ -264,4 +264,5 @@ def test_a_run_that_makes_no_optimiser_step_fails_and_says_why(synth, tmp_path, 
     rd = RunDir(next(tmp_path.iterdir()))
     assert rd.state() == "failed" and not rd.summary_path.exists()
     line = rd.failure_line()
-    assert "ZeroStepsError" in line and "8 training image(s)" in line and "batch_size 4" in line
+    # 8 train images, one of them held out as the dev split (dev_size 0.05)
+    assert "ZeroStepsError" in line and "7 training image(s)" in line and "batch_size 4" in line

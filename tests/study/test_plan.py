@@ -148,9 +148,9 @@ def test_cost_follows_the_budget_rule(tmp_path):
     epochs = _study(tmp_path, overrides=[], exclude=[], seeds=[0])
     epochs["base"]["train"] = {"budget": "epochs", "max_epochs": 3}
     ecost = estimate_cost(expand(load_study(_write(tmp_path, epochs))))
-    # 40 synthetic train images (counted from the config; nothing is generated): 10% -> 4 images, a single
-    # partial batch of 4; 100% -> 40 images = 10 batches of 4
-    assert [(c.train_images, c.iterations) for c in ecost.cells] == [(4, 3), (40, 30)] * 2
+    # 40 synthetic train images (counted from the config; nothing is generated), 2 of them the dev split
+    # (dev_size 0.05): 10% of the 38 left -> 4 images, a single batch of 4; 100% -> 38 images = 9 full batches
+    assert [(c.train_images, c.iterations) for c in ecost.cells] == [(4, 3), (38, 27)] * 2
 
     missing = _study(tmp_path, overrides=[], exclude=[], seeds=[0], eval_datasets=[],
                      train_datasets=[{"name": "real", "root": str(tmp_path / "nowhere")}])
@@ -170,7 +170,8 @@ def test_cost_counts_a_dataset_on_disk_under_the_runs_root(tmp_path):
     study = load_study(_write(tmp_path, study_data))
     write_synthetic(runs_root(study) / "_data" / "disk", style="a", classes=3, train=6, val=2, size=32, seed=0)
     cost = estimate_cost(expand(study), runs_root=runs_root(study))
-    assert [(c.train_images, c.iterations) for c in cost.cells] == [(3, 2), (6, 6)] * 2 and not cost.notes
+    # 6 images on disk, 1 held out as the dev split: 50% of the 5 left -> 3 (1 batch of 2), 100% -> 5 (2 batches)
+    assert [(c.train_images, c.iterations) for c in cost.cells] == [(3, 2), (5, 4)] * 2 and not cost.notes
 
 
 def test_plan_prints_grid_states_and_totals(tmp_path, capsys):

@@ -134,16 +134,6 @@ def _mark(text: str, r: pd.Series | dict, baseline: bool = False) -> str:
     return f"{text} {DAGGER}" if text != DASH and _unconverged(r, baseline) else text
 
 
-def _caveat(r: pd.Series | dict) -> str:
-    """The caveat an 'in brief' claim carries when the cell or its baseline did not converge."""
-    if not _unconverged(r, baseline=True):
-        return ""
-    who = [w for w, ok in (("this cell", r.get("all_converged", False)),
-                           ("the baseline", r.get("baseline_all_converged", True))) if not ok]
-    return (f" {DAGGER} caveat: {' and '.join(who)} did not converge on every seed, so this gain may be an "
-            "artefact of the training budget")
-
-
 # -------------------------------------------------------------------------------------- study file
 def read_study_meta(study_dir: Path) -> dict[str, Any]:
     """``name`` and ``baseline`` from ``<study_dir>/study.yaml`` when it has them.

@@ -335,11 +335,24 @@ def convergence_counts(results: pd.DataFrame, cell_columns: list[str]) -> pd.Dat
 
     A table without the ``converged`` column gives every run as unknown.
     """
-    conv = results["converged"] if "converged" in results else pd.Series(np.nan, index=results.index)
-    known = conv.map(lambda v: isinstance(v, (bool, np.bool_)) or v in (0, 1, "True", "False"))
-    false = conv.map(lambda v: v is False or v is np.False_ or v == 0 or v == "False") & known
+    known, converged = converged_flags(results)
+    false = known & ~converged
     df = results[cell_columns].assign(n_unconverged=false.astype(int), n_converged_unknown=(~known).astype(int))
     return df.groupby(cell_columns, as_index=False, sort=True)[["n_unconverged", "n_converged_unknown"]].sum()
+
+
+def converged_flags(results: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+    """Per run: (``converged`` was recorded, the run converged); an unrecorded run counts as not converged.
+
+    The one reading of the ``converged`` column (a nullable boolean from ``aggregate``, or strings from a CSV).
+    """
+    if "converged" not in results:
+        absent = pd.Series(False, index=results.index)
+        return absent, absent
+    conv = results["converged"].astype(object).map({True: True, False: False, "True": True, "False": False})
+    return conv.notna(), conv.fillna(False).astype(bool)
+
+
 # -------------------------------------------------------------------------------------- convergence
 CONVERGENCE_COLUMNS = ["n_converged", "all_converged", "baseline_all_converged"]
 
@@ -355,8 +368,7 @@ def add_convergence(summary: pd.DataFrame, results: pd.DataFrame, baseline: str 
     """
     if summary.empty:
         return summary.assign(**{c: pd.Series(dtype=object) for c in CONVERGENCE_COLUMNS})
-    conv = (results["converged"].fillna(False).astype(bool) if "converged" in results
-            else pd.Series(False, index=results.index))
+    conv = converged_flags(results)[1]
     # one value per run and cell: a run is scored on several eval datasets with the same convergence
     per_run = results.assign(_conv=conv).drop_duplicates([*GROUP_COLUMNS, *PAIR_COLUMNS])
     cells = per_run.groupby(GROUP_COLUMNS, sort=False)["_conv"].agg(n_converged="sum", all_converged="all")
