@@ -188,8 +188,10 @@ class ConvergeStop(L.Callback):
     the run once its anneal is over. The criterion's state travels in the checkpoint, so a resumed run makes the
     same decisions; ``lr_factor`` is the LR schedule the module's scheduler follows."""
 
-    def __init__(self, criterion: Criterion, warmup: int = 0, warmup_ratio: float = 1e-6):
-        self.criterion, self.warmup, self.warmup_ratio = criterion, warmup, warmup_ratio
+    def __init__(self, criterion: Criterion, validation: ValidationResult, warmup: int = 0,
+                 warmup_ratio: float = 1e-6):
+        self.criterion, self.validation = criterion, validation
+        self.warmup, self.warmup_ratio = warmup, warmup_ratio
         self.state = ConvergeState()
 
     def lr_factor(self, step: int) -> float:
@@ -209,7 +211,7 @@ class ConvergeStop(L.Callback):
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking:
             return
-        m = pl_module.last_val_metrics  # already reduced over ranks: every rank takes the same decision
+        m = self.validation.metrics  # already reduced over ranks: every rank takes the same decision
         self.state = observe(self.state, self.criterion, trainer.global_step, m.get("val_miou"), m.get("val_loss"))
         if should_stop(self.state, trainer.global_step):
             trainer.should_stop = True

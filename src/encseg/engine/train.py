@@ -202,7 +202,8 @@ def fit(cfg: RunConfig, rd: RunDir, seg, classes: list[str], train_ds, val_ds, s
                                 cfg.data.crop_size, validation)
     stop = None
     if cfg.train.budget == "converge":
-        stop = ConvergeStop(Criterion.from_config(cfg.train), cfg.train.warmup_iters, cfg.train.warmup_ratio)
+        stop = ConvergeStop(Criterion.from_config(cfg.train), validation, cfg.train.warmup_iters,
+                            cfg.train.warmup_ratio)
         module.lr_factor = lambda step: stop.lr_factor(step)  # a plain function: LambdaLR does not pickle it
     history = History(rd.history_path, cfg.train.log_every, sched.steps_per_epoch, validation)
     best = ModelCheckpoint(dirpath=rd.checkpoints, filename="best", monitor="val/miou", mode="max", save_top_k=1,
