@@ -266,3 +266,14 @@ def test_a_run_that_makes_no_optimiser_step_fails_and_says_why(synth, tmp_path, 
     line = rd.failure_line()
     # 8 train images, one of them held out as the dev split (dev_size 0.05)
     assert "ZeroStepsError" in line and "7 training image(s)" in line and "batch_size 4" in line
+
+
+@pytest.mark.parametrize("budget", ["iters", "converge", "epochs"])
+def test_only_an_epochs_budget_is_capped_by_max_epochs(synth, tmp_path, budget):
+    # a converge cell on a small fraction (2 steps per epoch) must reach max_iters, not stop at max_epochs x 2
+    from encseg.engine.schedule import schedule
+
+    cfg = load_run_config(data=tiny_config(synth, train={"budget": budget, "max_iters": 500, "max_epochs": 3}))
+    trainer = train_mod._trainer(cfg, RunDir(tmp_path / "run"), schedule(cfg, 8), [], False)
+    assert trainer.max_epochs == (3 if budget == "epochs" else -1)
+    assert trainer.max_steps == (500 if budget != "epochs" else 3 * 2)

@@ -234,7 +234,7 @@ def _trainer(cfg: RunConfig, rd: RunDir, sched: Schedule, callbacks: list, show_
     return L.Trainer(
         accelerator=accelerator, devices=cfg.train.devices, num_nodes=cfg.train.num_nodes,
         strategy="ddp" if sched.world_size > 1 else "auto", precision=precision_for(cfg, accelerator),
-        max_steps=sched.total_steps, max_epochs=-1 if cfg.train.budget == "iters" else cfg.train.max_epochs,
+        max_steps=sched.total_steps, max_epochs=cfg.train.max_epochs if cfg.train.budget == "epochs" else -1,
         accumulate_grad_batches=cfg.train.accumulate,
         gradient_clip_val=cfg.train.grad_clip, gradient_clip_algorithm="norm",
         deterministic=(True if accelerator == "cpu" else "warn") if cfg.deterministic else None,
