@@ -210,7 +210,9 @@ def test_nan_loss_stops_with_step_terms_and_files(synth, tmp_path, monkeypatch):
 def test_two_process_ddp_validation_counts_every_image_once(synth, tmp_path):
     """gloo DDP on CPU: the validation confusion matrix (summed over both ranks, 5 images split 3 + 2) equals
     a single-process evaluation of the same final weights on the same images."""
-    cfg = tiny_config(synth, train={"devices": 2, "accelerator": "cpu", "max_iters": 4, "val_every": 4})
+    # no dev split: validation during training is the val split, compared below with its single-process evaluation
+    cfg = tiny_config(synth, data={"dataset": {"dev_size": 0}},
+                      train={"devices": 2, "accelerator": "cpu", "max_iters": 4, "val_every": 4})
     path = tmp_path / "ddp.yaml"
     path.write_text(yaml.safe_dump(cfg))
     proc = _cli(path, tmp_path / "runs")
@@ -241,7 +243,7 @@ def test_planner_counts_the_steps_a_run_trains_with_accumulation(synth, tmp_path
 def test_two_processes_train_what_the_planner_counts_when_a_rank_holds_less_than_a_batch(synth, tmp_path):
     """8 images over 2 processes at batch 5: each rank holds 4 images. Deciding drop_last on the whole dataset
     (8 >= 5) left every rank without a batch, and the untrained model was scored and marked DONE."""
-    cfg = tiny_config(synth, data={"batch_size": 5},
+    cfg = tiny_config(synth, data={"batch_size": 5, "dataset": {"dev_size": 0}},
                       train={"devices": 2, "accelerator": "cpu", "budget": "epochs", "max_epochs": 2,
                              "accumulate": 2, "val_every": 1})
     planned = estimate_cost([load_run_config(data=cfg)]).cells[0].iterations
@@ -277,3 +279,12 @@ def test_only_an_epochs_budget_is_capped_by_max_epochs(synth, tmp_path, budget):
     trainer = train_mod._trainer(cfg, RunDir(tmp_path / "run"), schedule(cfg, 8), [], False)
     assert trainer.max_epochs == (3 if budget == "epochs" else -1)
     assert trainer.max_steps == (500 if budget != "epochs" else 3 * 2)
+
+
+def test_a_dev_split_smaller_than_the_process_count_is_refused_by_name():
+    from encseg.errors import InputError
+
+    train_mod.check_dev_split(2, 2)
+    train_mod.check_dev_split(0, 8)  # no dev split: the val split is validated
+    with pytest.raises(InputError, match=r"data\.dataset\.dev_size: the dev split has 1 image\(s\) for 2 processes"):
+        train_mod.check_dev_split(1, 2)

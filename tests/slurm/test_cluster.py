@@ -180,7 +180,8 @@ def _resumed(out: Path, job: str) -> tuple[dict[str, str], RunDir]:
     assert state["JobState"] == "COMPLETED" and rd.is_done(), (state, _job_logs(out)[-3000:])
     assert int(state["Restarts"]) >= 1
     assert json.loads(rd.env_path.read_text())["previous_sessions"]  # a second process worked on the run
-    assert "Restoring states from the checkpoint path at" in _job_logs(out)  # ... starting from last.ckpt
+    # ... starting from last.ckpt: Lightning's line goes to the run's own train.log (the console stays quiet)
+    assert "Restoring states from the checkpoint path at" in (rd.path / "train.log").read_text()
     return state, rd
 
 
@@ -219,7 +220,9 @@ def test_time_limit_hit_mid_run_requeues_and_resumes_to_the_same_result(tmp_path
 
 
 def test_two_srun_tasks_train_one_run_with_gloo_ddp(tmp_path, synth):
-    cfg = tiny_config(synth, train={"devices": 2, "accelerator": "cpu", "max_iters": 4, "val_every": 4})
+    # no dev split: validation during training is the val split, compared below with its single-process evaluation
+    cfg = tiny_config(synth, data={"dataset": {"dev_size": 0}},
+                      train={"devices": 2, "accelerator": "cpu", "max_iters": 4, "val_every": 4})
     path = tmp_path / "ddp.yaml"
     path.write_text(yaml.safe_dump(cfg))
     proc = subprocess.run(["srun", "--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1", "--mem=4G",

@@ -37,7 +37,7 @@ from encseg.engine.module import SegmentationModule, ValidationResult
 from encseg.engine.rundir import RunDir, config_diff, resolve_runs_root, run_id
 from encseg.engine.runenv import finish_env, write_env
 from encseg.engine.schedule import Schedule, schedule
-from encseg.errors import EncsegError
+from encseg.errors import EncsegError, InputError
 
 log = logging.getLogger("encseg")
 
@@ -137,6 +137,7 @@ def _train(cfg: RunConfig, rd: RunDir, argv: list[str], rank0: bool) -> None:
     if rank0:
         write_subset(rd, cfg, full, idx, dev_idx)
     sched = schedule(cfg, len(train_ds))
+    check_dev_split(len(dev_idx), sched.world_size)
     # validation during training watches the dev split; the reported splits are scored once, in finalize
     fitted = fit(cfg, rd, seg, list(full.classes), train_ds, dev_ds or val_ds, sched)
     check_trained(fitted.trainer, cfg, len(train_ds), sched)
@@ -243,6 +244,14 @@ def _trainer(cfg: RunConfig, rd: RunDir, sched: Schedule, callbacks: list, show_
         num_sanity_val_steps=1, log_every_n_steps=cfg.train.log_every, default_root_dir=str(rd.path),
         **sched.val_kw,
     )
+
+
+def check_dev_split(n_dev: int, world_size: int) -> None:
+    """Every process validates its own share of the dev split, and Lightning refuses a rank with none."""
+    if 0 < n_dev < world_size:
+        raise InputError(f"data.dataset.dev_size: the dev split has {n_dev} image(s) for {world_size} processes; "
+                         f"each process validates a share of it, so it needs at least {world_size} images "
+                         "(a larger dev_size, or dev_size: 0 to validate on the val split)")
 
 
 def check_trained(trainer: L.Trainer, cfg: RunConfig, n_images: int, sched: Schedule) -> None:
