@@ -84,8 +84,8 @@ SelectTypeParameters=CR_CPU_Memory
 DefMemPerCPU=$((mem / cpus))
 ReturnToService=2
 JobRequeue=1
-# finished jobs stay visible to scontrol for 5 minutes; preempted/requeued jobs are killed quickly
-MinJobAge=300
+# finished jobs stay visible to scontrol for an hour (a test compares jobs that ended minutes apart); preempted/requeued jobs are killed quickly
+MinJobAge=3600
 KillWait=10
 SchedulerType=sched/backfill
 SchedulerParameters=sched_interval=2
