@@ -31,7 +31,8 @@ pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
 CELL = "synth__random__finetune__f100__s0"
 BROKEN = "synth__broken__finetune__f100__s0"
 TRAIN = {"max_iters": 12, "checkpoint_every": 2, "val_every": 6}
-LONG_TRAIN = {"max_iters": 150, "checkpoint_every": 5, "val_every": 75}
+# long enough that the cell is still training when the lowered limit's USR2 arrives, even on an idle machine
+LONG_TRAIN = {"max_iters": 3000, "checkpoint_every": 5, "val_every": 1500}
 WAIT_S = 1500  # generous: the test machine may be shared; a tiny cell takes well under a minute alone
 
 
