@@ -33,3 +33,32 @@ def test_banners_warnings_and_prints_go_to_the_file_and_progress_also_to_the_con
     for text in ("GPU available", "LeafSpec is deprecated", "a stray print", "step 5/10", "bar shown instead"):
         assert text in log, text
     assert console.getvalue() == "step 5/10  loss 1.0\n"
+
+
+def _progress_lines(progress, steps, caplog):
+    class _Trainer:  # the three attributes PlainProgress reads
+        is_global_zero = True
+        optimizers = [type("Opt", (), {"param_groups": [{"lr": 1e-3}]})()]
+        global_step = 0
+
+    trainer = _Trainer()
+    with caplog.at_level(logging.INFO, logger=PROGRESS):
+        for step in steps:
+            trainer.global_step = step
+            progress.on_train_batch_end(trainer, None, {"terms": {"loss": 1.0}}, None, 0)
+    return [r.getMessage() for r in caplog.records if r.name == PROGRESS]
+
+
+def test_a_converge_run_shows_its_cap_as_a_bound_until_the_criterion_fires(caplog):
+    from encseg.engine.callbacks import PlainProgress
+    from encseg.engine.module import ValidationResult
+
+    fired = {"end": None}
+    progress = PlainProgress(25, 1500, ValidationResult(), stop_step=lambda: fired["end"])
+    before = _progress_lines(progress, [25], caplog)
+    fired["end"] = 650  # plateau declared: the anneal ends at step 650
+    after = _progress_lines(progress, [600], caplog)[-1]
+    assert "step 25/<=1500" in before[0] and "eta <=" in before[0]
+    assert "step 600/650" in after and "<=" not in after
+    fixed = _progress_lines(PlainProgress(25, 1500, ValidationResult()), [25], caplog)[-1]
+    assert "step 25/1500" in fixed and "<=" not in fixed

@@ -1,4 +1,4 @@
-"""The demo's claims are checked on its own results; here on hand-made tables (the demo itself takes ~10 min)."""
+"""The demo's claims are checked on its own results; here on hand-made tables (the demo itself takes ~20 min)."""
 
 import pandas as pd
 
@@ -61,9 +61,9 @@ def test_demo_study_is_the_grid_the_issue_asks_for(tmp_path):
 
     study = demo_study(tmp_path, tmp_path / "w.safetensors")
     cells = expand(study)
-    assert len(cells) == 18
+    assert len(cells) == 12
     labels = {(c.tags["encoder"], c.model.regime.mode) for c in cells}
-    assert labels == {("random", "finetune"), ("pretrained_b", "finetune"), ("pretrained_b", "frozen")}
+    assert labels == {("random", "finetune"), ("pretrained_b", "finetune")}
     assert sorted({c.data.fraction for c in cells}) == [0.1, 0.3, 1.0] and {c.seed for c in cells} == {0, 1}
     assert all(c.model.head.type == "mask2former" for c in cells)
     assert {d.name for c in cells for d in c.eval.datasets} == {"synth_b"}

@@ -8,6 +8,7 @@ import io
 import logging
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -139,27 +140,40 @@ class PlainProgress(L.Callback):
 
     The records reach ``train.log`` always and the console unless ``console`` is False (a tqdm bar is shown
     there instead); their numbers travel as record attributes for a console that draws its own bars.
+    ``stop_step`` (``budget: converge``) returns the step the run will stop at once its criterion has fired, or
+    None before: until then ``total_steps`` is only the cap, and the line says so ("step 75/<=1500", "eta <=").
     """
 
-    def __init__(self, every: int, total_steps: int, validation: ValidationResult, console: bool = True):
+    def __init__(self, every: int, total_steps: int, validation: ValidationResult, console: bool = True,
+                 stop_step: Callable[[], int | None] | None = None):
         self.every, self.total, self.validation, self.console = every, total_steps, validation, console
+        self.stop_step = stop_step
         self._t0 = time.monotonic()
         self._s0 = 0
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._t0, self._s0 = time.monotonic(), trainer.global_step
 
+    def _end(self) -> tuple[int, str]:
+        """(the last step, "" when known or "<=" when it is only the cap)."""
+        if self.stop_step is None:
+            return self.total, ""
+        end = self.stop_step()
+        return (self.total, "<=") if end is None else (min(end, self.total), "")
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
         if not trainer.is_global_zero or step % self.every:
             return
         rate = (step - self._s0) / max(1e-9, time.monotonic() - self._t0)
-        eta = (self.total - step) / rate if rate > 0 else math.nan
+        total, bound = self._end()
+        eta = (total - step) / rate if rate > 0 else math.nan
         loss = outputs["terms"].get("loss", math.nan)
         lr = trainer.optimizers[0].param_groups[0]["lr"]
-        _progress.info("step %d/%d  loss %.4f  lr %.3g  %.2f it/s  eta %.1f min", step, self.total, loss, lr, rate,
-                       eta / 60, extra={"kind": "step", "step": step, "total": self.total, "loss": loss,
-                                        "rate": rate, "eta_s": eta, "console": self.console})
+        _progress.info("step %d/%s%d  loss %.4f  lr %.3g  %.2f it/s  eta %s%.1f min", step, bound, total, loss, lr,
+                       rate, bound, eta / 60,
+                       extra={"kind": "step", "step": step, "total": total, "loss": loss, "rate": rate,
+                              "eta_s": eta, "total_is_cap": bool(bound), "console": self.console})
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
@@ -196,6 +210,10 @@ class ConvergeStop(L.Callback):
 
     def lr_factor(self, step: int) -> float:
         return converge_lr_factor(step, self.state, self.warmup, self.warmup_ratio)
+
+    def stop_step(self) -> int | None:
+        """The step this run stops at, known once the plateau is declared (else None)."""
+        return self.state.anneal_end
 
     def state_dict(self) -> dict[str, Any]:
         return self.state.to_dict()

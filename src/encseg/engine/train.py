@@ -214,7 +214,8 @@ def fit(cfg: RunConfig, rd: RunDir, seg, classes: list[str], train_ds, val_ds, s
     show_bar = {"on": True, "off": False}.get(cfg.logging.progress_bar, sys.stderr.isatty())
     # progress lines always reach train.log; the console gets them only when it has no tqdm bar
     callbacks = [history, ValidationConfusion(rd.eval_dir / "val_confusion_last.npy", validation), best, last,
-                 PlainProgress(cfg.train.log_every, sched.total_steps, validation, console=not show_bar)]
+                 PlainProgress(cfg.train.log_every, sched.total_steps, validation, console=not show_bar,
+                               stop_step=stop.stop_step if stop else None)]
     callbacks += [stop] if stop else []
     trainer = _trainer(cfg, rd, sched, callbacks, show_bar)
     if cfg.train.compile:

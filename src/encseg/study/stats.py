@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -207,6 +207,52 @@ def _nanmean(s: pd.Series) -> float:
     return float(x.mean()) if x.size else math.nan
 
 
+def _cell_columns(key: tuple, cell: pd.DataFrame, confidence: float) -> dict[str, Any]:
+    """The descriptive columns of one summary row (one row per seed in ``cell``)."""
+    nan = math.nan
+    d = describe(cell["miou"], confidence)
+    ep = describe(cell["epochs_to_converge"]) if "epochs_to_converge" in cell else describe([])
+    row = dict(zip(GROUP_COLUMNS, key, strict=True))
+    row.update({
+        "cross": bool(cell["cross"].iloc[0]) if "cross" in cell else row["train_dataset"] != row["eval_dataset"],
+        "n_seeds": len(cell), "seeds": ",".join(str(s) for s in sorted(cell["seed"].unique())),
+        "miou_mean": d.mean, "miou_std": d.std, "miou_ci_low": d.ci_low, "miou_ci_high": d.ci_high,
+        "epochs_to_converge_mean": ep.mean, "epochs_to_converge_std": ep.std,
+    })
+    for col in ["macc", "aacc", "fwiou", "time_to_converge_s", "train_time_s", "infer_ms_per_image", "gflops"]:
+        row[f"{col}_mean"] = _nanmean(cell[col]) if col in cell else nan
+    for col in ["params_total", "params_trainable"]:
+        row[col] = _nanmean(cell[col]) if col in cell else nan
+    return row
+
+
+def _paired_bootstrap(paired: pd.DataFrame, per_image: pd.DataFrame | None, eval_ds: str, n_boot: int, seed: int,
+                      confidence: float):
+    """The per-image bootstrap of the paired gain, or None when some paired run has no per-image scores."""
+    if per_image is None or per_image.empty or paired.empty:
+        return None
+    a = _per_image_mean(per_image, list(paired["run_id"]), eval_ds)
+    b = _per_image_mean(per_image, list(paired["run_id_base"]), eval_ds)
+    if a is None or b is None or a.size != b.size:
+        return None
+    return bootstrap_ci(a, b, n=n_boot, seed=seed, confidence=confidence)
+
+
+def _gain_columns(test, boot=None, note: str | None = None) -> dict[str, Any]:
+    """The ``gain_*`` columns from a paired test and an optional bootstrap (NaN where absent)."""
+    gain: dict[str, Any] = dict.fromkeys([c for c in SUMMARY_COLUMNS if c.startswith("gain_") and c != "gain_note"],
+                                         math.nan)
+    gain["gain_note"] = note
+    if test is not None:
+        gain.update({"gain_n": test.n, "gain_miou": test.mean_diff, "gain_std": test.std_diff,
+                     "gain_ci_low": test.ci_low, "gain_ci_high": test.ci_high,
+                     "gain_p_ttest": test.p_ttest, "gain_p_wilcoxon": test.p_wilcoxon, "gain_note": test.note})
+    if boot is not None:
+        gain.update({"gain_boot_mean": boot.mean_diff, "gain_boot_low": boot.ci_low,
+                     "gain_boot_high": boot.ci_high, "gain_boot_images": boot.n_images})
+    return gain
+
+
 def summarize(results: pd.DataFrame, baseline: str = "random", baseline_regime: str = "finetune",
               per_image: pd.DataFrame | None = None, n_boot: int = 2000, seed: int = 0,
               confidence: float = 0.95) -> pd.DataFrame:
@@ -222,25 +268,10 @@ def summarize(results: pd.DataFrame, baseline: str = "random", baseline_regime: 
     if missing:
         raise ValueError(f"summarize: the results table lacks the columns {missing}")
     rows = []
-    nan = math.nan
     for key, cell in results.groupby(GROUP_COLUMNS, sort=True):
         cell = _one_row_per_seed(cell)
         enc, regime, train_ds, eval_ds, fraction = key
-        d = describe(cell["miou"], confidence)
-        ep = describe(cell["epochs_to_converge"]) if "epochs_to_converge" in cell else describe([])
-        row = dict(zip(GROUP_COLUMNS, key, strict=True))
-        row.update({
-            "cross": bool(cell["cross"].iloc[0]) if "cross" in cell else train_ds != eval_ds,
-            "n_seeds": len(cell), "seeds": ",".join(str(s) for s in sorted(cell["seed"].unique())),
-            "miou_mean": d.mean, "miou_std": d.std, "miou_ci_low": d.ci_low, "miou_ci_high": d.ci_high,
-            "epochs_to_converge_mean": ep.mean, "epochs_to_converge_std": ep.std,
-        })
-        for col in ["macc", "aacc", "fwiou", "time_to_converge_s", "train_time_s", "infer_ms_per_image",
-                    "gflops"]:
-            row[f"{col}_mean"] = _nanmean(cell[col]) if col in cell else nan
-        for col in ["params_total", "params_trainable"]:
-            row[col] = _nanmean(cell[col]) if col in cell else nan
-
+        row = _cell_columns(key, cell, confidence)
         base = results[(results["encoder"] == baseline) & (results["regime"] == baseline_regime)
                        & (results["train_dataset"] == train_ds) & (results["eval_dataset"] == eval_ds)
                        & (results["fraction"] == fraction)]
@@ -251,25 +282,13 @@ def summarize(results: pd.DataFrame, baseline: str = "random", baseline_regime: 
         base_d = describe(cell["miou"] if is_baseline else [] if paired is None else paired["miou_base"], confidence)
         row.update({"baseline": f"{baseline} ({baseline_regime})", "baseline_miou_mean": base_d.mean,
                     "baseline_miou_std": base_d.std})
-        gain = dict.fromkeys([c for c in SUMMARY_COLUMNS if c.startswith("gain_") and c != "gain_note"], nan)
         if is_baseline:
-            gain["gain_note"] = "baseline"
+            row.update(_gain_columns(None, note="baseline"))
         elif paired is None:
-            gain["gain_note"] = f"no {baseline} ({baseline_regime}) runs in this cell"
+            row.update(_gain_columns(None, note=f"no {baseline} ({baseline_regime}) runs in this cell"))
         else:
-            test = paired_test(paired["miou"], paired["miou_base"], confidence)
-            gain.update({"gain_n": test.n, "gain_miou": test.mean_diff, "gain_std": test.std_diff,
-                         "gain_ci_low": test.ci_low, "gain_ci_high": test.ci_high,
-                         "gain_p_ttest": test.p_ttest, "gain_p_wilcoxon": test.p_wilcoxon,
-                         "gain_note": test.note})
-            if per_image is not None and not per_image.empty and not paired.empty:
-                a = _per_image_mean(per_image, list(paired["run_id"]), eval_ds)
-                b = _per_image_mean(per_image, list(paired["run_id_base"]), eval_ds)
-                if a is not None and b is not None and a.size == b.size:
-                    boot = bootstrap_ci(a, b, n=n_boot, seed=seed, confidence=confidence)
-                    gain.update({"gain_boot_mean": boot.mean_diff, "gain_boot_low": boot.ci_low,
-                                 "gain_boot_high": boot.ci_high, "gain_boot_images": boot.n_images})
-        row.update(gain)
+            boot = _paired_bootstrap(paired, per_image, eval_ds, n_boot, seed, confidence)
+            row.update(_gain_columns(paired_test(paired["miou"], paired["miou_base"], confidence), boot))
         rows.append(row)
     out = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
     return out.sort_values(["train_dataset", "eval_dataset", "encoder", "regime", "fraction"], kind="stable",
