@@ -132,6 +132,7 @@ def test_killed_run_resumes_to_the_same_result(synth, tmp_path):
     assert not hist.duplicated(subset=["step", "val_miou"]).any()
 
 
+@pytest.mark.slow  # two subprocess runs and a SIGKILL
 def test_converge_budget_killed_after_the_plateau_resumes_to_the_same_decisions_and_result(synth, tmp_path):
     # min_delta 0.5: only the first validation improves, so the plateau is declared at step 15 (patience 2),
     # the LR then decays to 0 over 15 steps and the run stops at step 30, well before max_iters

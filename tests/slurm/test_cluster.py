@@ -26,7 +26,7 @@ from encseg.engine.rundir import RunDir
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
 from _tiny import tiny_config  # noqa: E402
 
-pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
+pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]
 
 CELL = "synth__random__finetune__f100__s0"
 BROKEN = "synth__broken__finetune__f100__s0"
