@@ -104,18 +104,17 @@ def _finish(proc: subprocess.Popen, timeout: float) -> str:
             proc.wait()
 
 
-@pytest.mark.slow
-def test_killed_run_resumes_to_the_same_result(synth, tmp_path):
-    cfg = tiny_config(synth, train={"max_iters": 30, "checkpoint_every": 5, "val_every": 15})
+def _kill_then_resume(cfg: dict, tmp_path: Path, ready, timeout: float) -> tuple[RunDir, RunDir]:
+    """Run ``cfg`` once uninterrupted (the reference), then as a CLI process SIGKILLed as soon as ``ready(run_dir)``
+    holds, then resumed to the end. Returns (reference, resumed); their confusion matrices are already equal."""
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(cfg))
     reference = RunDir(_run(cfg, tmp_path / "ref"))
-
     root = tmp_path / "killed"
     proc = _cli(path, root)
     rd = RunDir(root / reference.name)
-    deadline = time.time() + 240
-    while not rd.last_ckpt.is_file() and proc.poll() is None and time.time() < deadline:
+    deadline = time.time() + timeout
+    while proc.poll() is None and time.time() < deadline and not ready(rd):
         time.sleep(0.2)
     assert proc.poll() is None, _finish(proc, 10)[-3000:]
     os.killpg(proc.pid, signal.SIGKILL)
@@ -123,13 +122,28 @@ def test_killed_run_resumes_to_the_same_result(synth, tmp_path):
     assert not rd.is_done()
 
     resumed = _cli(path, root)
-    out = _finish(resumed, 300)
+    out = _finish(resumed, timeout)
     assert resumed.returncode == 0, out[-3000:]
     assert "resuming" in out
     assert rd.is_done()
     np.testing.assert_array_equal(np.load(rd.confusion_npy("synth")), np.load(reference.confusion_npy("synth")))
+    return reference, rd
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_result(synth, tmp_path):
+    cfg = tiny_config(synth, train={"max_iters": 30, "checkpoint_every": 5, "val_every": 15})
+    _, rd = _kill_then_resume(cfg, tmp_path, lambda rd: rd.last_ckpt.is_file(), timeout=300)
     hist = pd.read_csv(rd.history_path)
     assert not hist.duplicated(subset=["step", "val_miou"]).any()
+
+
+def _validated_past(step: int):
+    def ready(rd: RunDir) -> bool:
+        if not rd.history_path.is_file():
+            return False
+        return bool((pd.read_csv(rd.history_path).dropna(subset=["val_miou"])["step"] >= step).any())
+    return ready
 
 
 @pytest.mark.slow  # two subprocess runs and a SIGKILL
@@ -139,32 +153,11 @@ def test_converge_budget_killed_after_the_plateau_resumes_to_the_same_decisions_
     cfg = tiny_config(synth, train={"budget": "converge", "max_iters": 60, "val_every": 5, "checkpoint_every": 5,
                                     "converge": {"patience": 2, "min_delta": 0.5, "loss_min_delta": None,
                                                  "anneal_fraction": 1.0}})
-    path = tmp_path / "run.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    reference = RunDir(_run(cfg, tmp_path / "ref"))
+    # killed once the run has validated past the plateau, so the resumed run must restore the decision
+    reference, rd = _kill_then_resume(cfg, tmp_path, _validated_past(20), timeout=600)
     ref = json.loads(reference.summary_path.read_text())
     assert ref["converged"] is True and ref["converged_iter"] == 15 and ref["iters_trained"] == 30
     assert ref["criterion"]["stopped_by"] == "criterion" and ref["epochs_to_converge"] == 15.0
-
-    root = tmp_path / "killed"
-    proc = _cli(path, root)
-    rd = RunDir(root / reference.name)
-    deadline = time.time() + 600
-    # kill once the run has validated past the plateau, so the resumed run must restore the decision
-    while proc.poll() is None and time.time() < deadline:
-        if rd.history_path.is_file() and (pd.read_csv(rd.history_path).dropna(subset=["val_miou"])["step"] >= 20).any():
-            break
-        time.sleep(0.2)
-    assert proc.poll() is None, _finish(proc, 10)[-3000:]
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not rd.is_done()
-
-    resumed = _cli(path, root)
-    out = _finish(resumed, 600)
-    assert resumed.returncode == 0, out[-3000:]
-    assert "resuming" in out
-    np.testing.assert_array_equal(np.load(rd.confusion_npy("synth")), np.load(reference.confusion_npy("synth")))
     got = json.loads(rd.summary_path.read_text())
     for key in ("converged", "converged_iter", "iters_trained", "epochs_to_converge", "miou"):
         assert got[key] == ref[key], key
