@@ -35,12 +35,14 @@ def test_banners_warnings_and_prints_go_to_the_file_and_progress_also_to_the_con
     assert console.getvalue() == "step 5/10  loss 1.0\n"
 
 
-def _progress_lines(progress, steps, caplog):
-    class _Trainer:  # the three attributes PlainProgress reads
-        is_global_zero = True
-        optimizers = [type("Opt", (), {"param_groups": [{"lr": 1e-3}]})()]
-        global_step = 0
+class _Trainer:  # the attributes PlainProgress reads
+    is_global_zero = True
+    sanity_checking = False
+    optimizers = [type("Opt", (), {"param_groups": [{"lr": 1e-3}]})()]
+    global_step = 0
 
+
+def _progress_lines(progress, steps, caplog):
     trainer = _Trainer()
     with caplog.at_level(logging.INFO, logger=PROGRESS):
         for step in steps:
@@ -60,5 +62,11 @@ def test_a_converge_run_shows_its_cap_as_a_bound_until_the_criterion_fires(caplo
     after = _progress_lines(progress, [600], caplog)[-1]
     assert "step 25/<=1500" in before[0] and "eta <=" in before[0]
     assert "step 600/650" in after and "<=" not in after
+    trainer = _Trainer()
+    trainer.global_step = 625
+    with caplog.at_level(logging.INFO, logger=PROGRESS):
+        progress.on_validation_end(trainer, None)
+    val = [r for r in caplog.records if r.name == PROGRESS][-1]
+    assert val.kind == "val" and val.total == 650  # the console's bar keeps the step lines' total
     fixed = _progress_lines(PlainProgress(25, 1500, ValidationResult()), [25], caplog)[-1]
     assert "step 25/1500" in fixed and "<=" not in fixed

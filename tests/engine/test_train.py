@@ -104,6 +104,16 @@ def _finish(proc: subprocess.Popen, timeout: float) -> str:
             proc.wait()
 
 
+def _cli_run(cfg: dict, tmp_path: Path, timeout: float) -> RunDir:
+    """``encseg train`` on ``cfg`` in a subprocess (DDP spawns its ranks from there); the finished run."""
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = _cli(path, tmp_path / "runs")
+    out = _finish(proc, timeout)
+    assert proc.returncode == 0, out[-4000:]
+    return RunDir(next(p for p in (tmp_path / "runs").iterdir() if (p / "DONE").is_file()))
+
+
 def _kill_then_resume(cfg: dict, tmp_path: Path, ready, timeout: float) -> tuple[RunDir, RunDir]:
     """Run ``cfg`` once uninterrupted (the reference), then as a CLI process SIGKILLed as soon as ``ready(run_dir)``
     holds, then resumed to the end. Returns (reference, resumed); their confusion matrices are already equal."""
@@ -207,12 +217,7 @@ def test_two_process_ddp_validation_counts_every_image_once(synth, tmp_path):
     # no dev split: validation during training is the val split, compared below with its single-process evaluation
     cfg = tiny_config(synth, data={"dataset": {"dev_size": 0}},
                       train={"devices": 2, "accelerator": "cpu", "max_iters": 4, "val_every": 4})
-    path = tmp_path / "ddp.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    proc = _cli(path, tmp_path / "runs")
-    out = _finish(proc, 400)
-    assert proc.returncode == 0, out[-4000:]
-    rd = RunDir(next(p for p in (tmp_path / "runs").iterdir() if (p / "DONE").is_file()))
+    rd = _cli_run(cfg, tmp_path, timeout=400)
     ddp_cm = np.load(rd.eval_dir / "val_confusion_last.npy")
     single_cm = np.load(rd.confusion_npy("synth"))
     assert ddp_cm.sum() == single_cm.sum() == 5 * 64 * 64
@@ -241,12 +246,7 @@ def test_two_processes_train_what_the_planner_counts_when_a_rank_holds_less_than
                       train={"devices": 2, "accelerator": "cpu", "budget": "epochs", "max_epochs": 2,
                              "accumulate": 2, "val_every": 1})
     planned = estimate_cost([load_run_config(data=cfg)]).cells[0].iterations
-    path = tmp_path / "ddp.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    proc = _cli(path, tmp_path / "runs")
-    out = _finish(proc, 400)
-    assert proc.returncode == 0, out[-4000:]
-    rd = RunDir(next(p for p in (tmp_path / "runs").iterdir() if (p / "DONE").is_file()))
+    rd = _cli_run(cfg, tmp_path, timeout=400)
     assert planned == json.loads(rd.summary_path.read_text())["steps"] == 2
 
 

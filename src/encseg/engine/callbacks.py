@@ -173,7 +173,7 @@ class PlainProgress(L.Callback):
         _progress.info("step %d/%s%d  loss %.4f  lr %.3g  %.2f it/s  eta %s%.1f min", step, bound, total, loss, lr,
                        rate, bound, eta / 60,
                        extra={"kind": "step", "step": step, "total": total, "loss": loss, "rate": rate,
-                              "eta_s": eta, "total_is_cap": bool(bound), "console": self.console})
+                              "eta_s": eta, "console": self.console})
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
@@ -182,7 +182,7 @@ class PlainProgress(L.Callback):
         miou = m.get("val_miou", math.nan)
         _progress.info("val @ step %d: mIoU %.4f  mAcc %.4f  loss %.4f", trainer.global_step, miou,
                        m.get("val_macc", math.nan), m.get("val_loss", math.nan),
-                       extra={"kind": "val", "step": trainer.global_step, "total": self.total, "miou": miou,
+                       extra={"kind": "val", "step": trainer.global_step, "total": self._end()[0], "miou": miou,
                               "console": self.console})
 
 
