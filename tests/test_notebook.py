@@ -1,4 +1,4 @@
-"""notebooks/colab.ipynb runs end to end (offline, small) and links to the repository named in pyproject.toml."""
+"""notebooks/colab.ipynb runs end to end (offline, small) and names no repository address of its own."""
 
 from __future__ import annotations
 
@@ -14,22 +14,22 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "colab.ipynb"
 
 
-def _repository() -> str:
-    # a regex, not tomllib: Python 3.10 has no TOML reader
-    found = re.search(r'^Repository = "([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.MULTILINE)
-    assert found, "pyproject.toml: [project.urls] Repository is missing"
-    return found.group(1)
+def _code(nb, start: str) -> str:
+    return next(c.source for c in nb.cells if c.cell_type == "code" and c.source.startswith(start))
 
 
-def test_colab_links_and_install_url_follow_pyproject():
-    repo = _repository()
-    owner_name = repo.removeprefix("https://github.com/")
-    colab = f"https://colab.research.google.com/github/{owner_name}/blob/main/notebooks/colab.ipynb"
-    assert colab in (ROOT / "README.md").read_text()
+def test_no_repository_address_is_made_up_and_install_needs_one():
+    # the project is cloned from wherever its users keep it: a written-in address would send them elsewhere
     nb = nbformat.read(NOTEBOOK, as_version=4)
-    text = "\n".join(c.source for c in nb.cells)
-    assert colab in text
-    assert re.search(rf'REPO_URL = "{re.escape(repo)}"', text)
+    for text in [(ROOT / "README.md").read_text(), (ROOT / "pyproject.toml").read_text(),
+                 *(c.source for c in nb.cells)]:
+        assert not re.search(r"(colab\.research\.google\.com/github|github\.com)/(?!<owner>)[\w.-]+/", text)
+    params: dict = {}
+    exec(_code(nb, "# Parameters"), params)
+    assert params["REPO_URL"] is None
+    install = _code(nb, "import importlib.util")
+    with pytest.raises(RuntimeError, match="set REPO_URL"):
+        exec(install, {**params, "INSTALL": True})
 
 
 @pytest.mark.slow

@@ -9,7 +9,9 @@ import pytest
 from encseg.config import DatasetConfig, RunConfig, load_run_config, read_yaml, validate
 from encseg.data.taxonomy import shared_space
 from encseg.models.encoders import get_spec
-from encseg.study.plan import expand, format_plan, load_study, study_cost
+from encseg.study.cost import study_cost
+from encseg.study.grid import expand, load_study
+from encseg.study.plan import format_plan
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"

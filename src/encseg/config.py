@@ -10,10 +10,18 @@ from __future__ import annotations
 import difflib
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from encseg.errors import EncsegError
 
@@ -214,7 +222,6 @@ class EvalConfig(Strict):
     datasets: list[DatasetConfig] = Field(default_factory=list)  # extra (cross-dataset) evals after training
     checkpoint: Literal["last", "best"] = "last"  # weights that are exported and scored; "best" selects on the dev split
     latency_iters: int = Field(10, ge=0)  # timed forwards for the efficiency record; 0 skips timing
-    converge_fraction: float = Field(0.95, gt=0.0, le=1.0)
     converge_target: float | None = None  # absolute mIoU target for time-to-target
 
 
@@ -253,8 +260,15 @@ class RunConfig(Strict):
 
 
 # ------------------------------------------------------------------------------------ load / override
-def parse_overrides(overrides: list[str]) -> dict[str, Any]:
-    """``["train.lr=1e-3", "model.encoder.name=dinov2_vitb14"]`` -> nested dict; values parsed as YAML."""
+def parse_overrides(overrides: list[str], model: type[BaseModel] | None = None) -> dict[str, Any]:
+    """``["train.lr=1e-3", "model.encoder.name=dinov2_vitb14"]`` -> nested dict.
+
+    Values are parsed as YAML, then read against the type of the field they set (``model``, default
+    ``RunConfig``): where that field does not take the YAML value but takes the text as written, the text wins,
+    so ``logging.progress_bar=off`` stays the string ``off`` (YAML 1.1 reads it as False) while a bool field
+    still reads ``off`` as False.
+    """
+    model = model or RunConfig
     tree: dict[str, Any] = {}
     for item in overrides:
         if "=" not in item:
@@ -268,11 +282,12 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r} conflicts with another override of {p!r}")
-        node[parts[-1]] = _parse_value(raw)
+        node[parts[-1]] = _typed_value(raw, _field_type(model, parts))
     return tree
 
 
 _FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+_MISSING = object()
 
 
 def _parse_value(raw: str) -> Any:
@@ -282,6 +297,44 @@ def _parse_value(raw: str) -> Any:
     # YAML 1.1 reads "1e-3" as a string; on a command line it always means a number
     if isinstance(value, str) and _FLOAT.match(value.strip()):
         return float(value)
+    return value
+
+
+def _field_type(model: type[BaseModel], parts: list[str]) -> Any:
+    """The annotation of the field at ``parts`` (through nested models and ``dict[str, V]`` values), or
+    ``_MISSING`` for a key that is not a field (validation names it later)."""
+    current: Any = model
+    for part in parts:
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            field = current.model_fields.get(part)
+            if field is None:
+                return _MISSING
+            current = field.annotation
+            continue
+        mapping = next((a for a in (current, *get_args(current)) if get_origin(a) is dict), None)
+        if mapping is None:
+            nested = _unwrap(current)
+            if not (isinstance(nested, type) and issubclass(nested, BaseModel)):
+                return _MISSING
+            return _field_type(nested, [part])
+        current = get_args(mapping)[1] if get_args(mapping) else Any
+    return current
+
+
+def _accepts(annotation: Any, value: Any) -> bool:
+    try:
+        TypeAdapter(annotation).validate_python(value)
+    except (ValidationError, TypeError, ValueError):
+        return False
+    return True
+
+
+def _typed_value(raw: str, annotation: Any) -> Any:
+    value = _parse_value(raw)
+    if annotation is _MISSING or annotation is Any or _accepts(annotation, value):
+        return value
+    if _accepts(annotation, raw) or isinstance(value, bool):
+        return raw  # the text as written; a YAML word (on/off/yes/no) keeps its spelling in any error message
     return value
 
 
@@ -358,183 +411,49 @@ def validate(model: type[BaseModel], data: dict[str, Any], source: str = "config
         raise ConfigError(format_validation_error(e, model, source)) from None
 
 
+# Keys that earlier versions wrote into run configs and that are gone: (why, the key that replaces it or None).
+# A run directory's stored config.yaml is read without them (a renamed key's value moves to its new name), so
+# finished results stay readable; a config a user writes that still has one fails with the reason.
+RETIRED_KEYS: dict[str, tuple[str, str | None]] = {
+    "eval.converge_fraction": ("convergence is judged by the dev-curve criterion (train.converge); the "
+                               "95%-of-best rule it set was no longer reported", None),
+}
+
+
+def _retire(raw: dict[str, Any], stored: bool, source: str) -> dict[str, Any]:
+    for key, (why, new) in RETIRED_KEYS.items():
+        *parents, leaf = key.split(".")
+        node = raw
+        for p in parents:
+            node = node.get(p) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or leaf not in node:
+            continue
+        if not stored:
+            hint = f"; use {new!r}" if new else "; remove it"
+            raise ConfigError(f"{source}: {key!r} no longer exists: {why}{hint}")
+        value = node.pop(leaf)
+        if new is not None:
+            raw = deep_merge(_nest_key(new, value), raw)
+    return raw
+
+
+def _nest_key(dotted: str, value: Any) -> dict[str, Any]:
+    out: Any = value
+    for part in reversed(dotted.split(".")):
+        out = {part: out}
+    return out
+
+
 def load_run_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                    data: dict[str, Any] | None = None) -> RunConfig:
-    """Read a run YAML (or a dict), apply overrides, validate. Relative dataset roots resolve against CWD."""
+                    data: dict[str, Any] | None = None, stored: bool = False) -> RunConfig:
+    """Read a run YAML (or a dict), apply overrides, validate. Relative dataset roots resolve against CWD.
+
+    ``stored``: the file is a run directory's ``config.yaml`` written by an earlier version (``RETIRED_KEYS``)."""
+    source = str(path) if path else "config"
     raw = read_yaml(path) if path is not None else dict(data or {})
-    raw = deep_merge(raw, parse_overrides(overrides or []))
-    return validate(RunConfig, raw, str(path) if path else "config")
+    raw = _retire(deep_merge(raw, parse_overrides(overrides or [])), stored, source)
+    return validate(RunConfig, raw, source)
 
 
 def dump_config(cfg: BaseModel) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
-
-
-# ---------------------------------------------------------------------------------------------- study
-# Keys of a cell's RunConfig that the study axes own; an ``overrides[].set`` on them would break the grid.
-STUDY_AXIS_KEYS = ("name", "tags", "seed", "data.dataset", "data.fraction", "data.subset_seed")
-
-
-def _safe_label(v: str, what: str) -> str:
-    if not v or any(not (c.isalnum() or c in "_.-") for c in v) or v in (".", ".."):
-        raise ValueError(f"{what} {v!r} may only use the characters [A-Za-z0-9_.-]")
-    return v
-
-
-def _dataset_entry(v: Any) -> Any:
-    """A dataset given as a path is replaced by the DatasetConfig in that YAML file (relative to CWD)."""
-    return read_yaml(v) if isinstance(v, (str, Path)) else v
-
-
-class StudyEncoder(Strict):
-    """One encoder of a study. Each section is merged over the same section of the study's ``base``.
-
-    Only the keys written here change the base (so ``encoder: {weights: b.safetensors}`` keeps the base's
-    architecture). The same label may appear with several regimes (e.g. ``pretrained_b`` finetuned and
-    frozen); the cells' run ids must still be distinct.
-    """
-
-    label: str
-    encoder: EncoderConfig = Field(default_factory=EncoderConfig)
-    regime: RegimeConfig = Field(default_factory=RegimeConfig)
-    neck: NeckConfig | None = None
-    head: HeadConfig | None = None
-
-    @field_validator("label")
-    @classmethod
-    def _label(cls, v: str) -> str:
-        return _safe_label(v, "encoder label")
-
-
-class StudyMatch(Strict):
-    """A partial match on the cell axes; a list matches any of its values, an absent key matches all."""
-
-    encoder: str | list[str] | None = None  # the encoder label
-    regime: str | list[str] | None = None  # frozen / finetune / last<N>
-    train_dataset: str | list[str] | None = None  # the dataset's display name
-    fraction: float | list[float] | None = None
-    seed: int | list[int] | None = None
-
-
-class StudyOverride(Strict):
-    """Per-cell settings: ``{match: {fraction: 0.1}, set: {train.max_iters: 2000}}``; applied in order."""
-
-    match: StudyMatch = Field(default_factory=StudyMatch)
-    set: dict[str, Any]
-
-    @field_validator("set")
-    @classmethod
-    def _not_axes(cls, v: dict[str, Any]) -> dict[str, Any]:
-        for key in v:
-            if any(key == k or key.startswith(k + ".") for k in STUDY_AXIS_KEYS):
-                raise ValueError(f"overrides cannot set {key!r}: the study axes own {', '.join(STUDY_AXIS_KEYS)}")
-        return v
-
-
-class SlurmConfig(Strict):
-    """Resources of each array task (one task = one cell); None leaves the cluster's default."""
-
-    partition: str | None = None
-    account: str | None = None
-    qos: str | None = None
-    gpus_per_node: int = Field(1, ge=0)
-    nodes: int = Field(1, ge=1)
-    cpus_per_task: int = Field(8, ge=1)
-    mem_gb: float | None = Field(None, gt=0)
-    timeout_min: int = Field(24 * 60, ge=1)
-    array_parallelism: int | None = Field(None, ge=1)  # cells running at once; None: the cluster's limit
-    constraint: str | None = None
-    additional_parameters: dict[str, Any] = Field(default_factory=dict)  # extra #SBATCH keys
-
-
-class CostConfig(Strict):
-    """Measured speed for ``study plan``'s time estimate (seconds per optimiser step on ``device``)."""
-
-    sec_per_iter: float | None = Field(None, gt=0.0)
-    device: str | None = None
-    # budget converge: expected epochs over a cell's subset before its dev curve plateaus; None: the epochs
-    # that max_iters makes over the whole train split (docs/recipes.md "Expected GPU-hours")
-    converge_epochs: float | None = Field(None, gt=0.0)
-    # train-split sizes by dataset name, for planning when the data is not on disk (the study plan counts
-    # the images on disk when it can)
-    train_images: dict[str, int] = Field(default_factory=dict)
-
-
-class StudyConfig(Strict):
-    """An ablation grid: encoders x train datasets x fractions x seeds, minus ``exclude``d cells.
-
-    ``base`` is a partial RunConfig shared by every cell (``base_config`` names a run YAML that ``base`` is
-    merged over). Datasets may be given inline or as paths to dataset YAML files. The train dataset's val
-    split is always scored; ``eval_datasets`` other than the train dataset become cross-dataset evals.
-    """
-
-    name: str
-    out: Path | None = None  # the study directory; None: outputs/<name>
-    base_config: Path | None = None  # merged under ``base`` while loading, then cleared
-    base: dict[str, Any] = Field(default_factory=dict)
-    baseline: str = "random"  # the encoder label that gains are measured against
-    encoders: list[StudyEncoder] = Field(min_length=1)
-    train_datasets: list[DatasetConfig] = Field(default_factory=list)  # empty: the base's data.dataset
-    fractions: list[float] = Field(default_factory=lambda: [1.0], min_length=1)
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
-    subset_seed: int = 0
-    eval_datasets: list[DatasetConfig] = Field(default_factory=list)
-    exclude: list[StudyMatch] = Field(default_factory=list)
-    overrides: list[StudyOverride] = Field(default_factory=list)
-    slurm: SlurmConfig = Field(default_factory=SlurmConfig)
-    cost: CostConfig = Field(default_factory=CostConfig)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _inline_base_config(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("base_config") is not None:
-            data = dict(data)
-            base = data.get("base") or {}
-            if not isinstance(base, dict):
-                raise ValueError("base must be a mapping (a partial run config)")
-            data["base"] = deep_merge(read_yaml(data.pop("base_config")), base)
-        return data
-
-    @field_validator("train_datasets", "eval_datasets", mode="before")
-    @classmethod
-    def _dataset_paths(cls, v: Any) -> Any:
-        return [_dataset_entry(x) for x in v] if isinstance(v, list) else v
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        return _safe_label(v, "study name")
-
-    @field_validator("fractions")
-    @classmethod
-    def _fractions(cls, v: list[float]) -> list[float]:
-        bad = [f for f in v if not 0.0 < f <= 1.0]
-        if bad:
-            raise ValueError(f"fractions must lie in (0, 1], got {bad}")
-        if len({round(f, 9) for f in v}) != len(v):
-            raise ValueError(f"fractions repeat a value: {v}")
-        return v
-
-    @field_validator("seeds")
-    @classmethod
-    def _seeds(cls, v: list[int]) -> list[int]:
-        if len(set(v)) != len(v):
-            raise ValueError(f"seeds repeat a value: {v}")
-        return v
-
-    @model_validator(mode="after")
-    def _consistent(self) -> StudyConfig:
-        if "name" in self.base:
-            raise ValueError("base.name would give every cell the same run directory; remove it")
-        labels = [e.label for e in self.encoders]
-        if self.baseline not in labels:
-            raise ValueError(f"baseline {self.baseline!r} is not an encoder label ({', '.join(labels)}); "
-                             f"set `baseline:` to one of them")
-        if not self.train_datasets and "dataset" not in (self.base.get("data") or {}):
-            raise ValueError("no train dataset: give train_datasets or base.data.dataset")
-        for what, dsets in (("train_datasets", self.train_datasets), ("eval_datasets", self.eval_datasets)):
-            names = [d.display_name for d in dsets]
-            dup = sorted({n for n in names if names.count(n) > 1})
-            if dup:
-                raise ValueError(f"{what}: several datasets are named {dup}; give each a distinct `name`")
-        return self

@@ -4,7 +4,7 @@ import math
 import pandas as pd
 import pytest
 
-from encseg.engine.dynamics import convergence
+from encseg.engine.dynamics import curve_summary
 
 # train rows every 50 steps, validation every 100 steps (200 steps per epoch), like history.csv
 CSV = """step,epoch,time_s,lr,loss,loss_ce,val_miou,val_macc,val_loss
@@ -25,63 +25,43 @@ def history() -> pd.DataFrame:
     return pd.read_csv(io.StringIO(CSV))
 
 
-def test_steps_epochs_time_to_95_percent_of_best():
-    r = convergence(history())
+def test_best_and_final_validation():
+    r = curve_summary(history())
     assert r["num_validations"] == 5
     assert r["best_miou"] == 0.62 and r["best_step"] == 400 and r["best_epoch"] == 1
-    # 0.95 * 0.62 = 0.589: 0.58 at step 300 is short, 0.62 at step 400 is the first to reach it
-    assert r["threshold"] == pytest.approx(0.589)
-    assert (r["steps_to_converge"], r["epochs_to_converge"], r["time_to_converge_s"]) == (400, 1, 100)
-    assert r["final_miou"] == 0.60 and r["final_step"] == 500
-    assert r["best_is_last"] is False and r["final_within_fraction"] is True
+    assert r["final_miou"] == 0.60 and r["final_step"] == 500 and r["final_epoch"] == 2
     assert r["steps_to_target"] is None and r["target"] is None
-
-
-def test_lower_fraction_and_fractional_epochs():
-    r = convergence(history(), fraction=0.8, steps_per_epoch=200)
-    # 0.8 * 0.62 = 0.496: first reached by 0.50 at step 200 = 1.0 epochs
-    assert r["steps_to_converge"] == 200 and r["epochs_to_converge"] == 1.0 and r["time_to_converge_s"] == 50
-    r = convergence(history(), fraction=0.9, steps_per_epoch=200)
-    assert r["steps_to_converge"] == 300 and r["epochs_to_converge"] == 1.5
-    assert r["final_epoch"] == 2.5
+    assert curve_summary(history(), steps_per_epoch=200)["final_epoch"] == 2.5
 
 
 def test_absolute_target_reached_and_not_reached():
-    r = convergence(history(), target=0.55)
+    r = curve_summary(history(), target=0.55)
     assert (r["steps_to_target"], r["epochs_to_target"], r["time_to_target_s"]) == (300, 1, 75)
-    r = convergence(history(), target=0.7)
+    r = curve_summary(history(), target=0.55, steps_per_epoch=200)
+    assert r["epochs_to_target"] == 1.5
+    r = curve_summary(history(), target=0.7)
     assert r["steps_to_target"] is None and r["epochs_to_target"] is None and r["time_to_target_s"] is None
-
-
-def test_still_improving_and_degraded_flags():
-    h = history()
-    h.loc[h["step"] == 500, "val_miou"] = 0.7
-    r = convergence(h)
-    assert r["best_is_last"] is True and r["best_step"] == 500
-    h.loc[h["step"] == 500, "val_miou"] = 0.3
-    r = convergence(h)
-    assert r["best_is_last"] is False and r["final_within_fraction"] is False
 
 
 def test_resumed_run_duplicate_validation_keeps_last_and_sorts():
     h = history()
     dup = pd.DataFrame([{"step": 300, "epoch": 1, "time_s": 80, "val_miou": 0.61}])
-    r = convergence(pd.concat([h.iloc[::-1], dup], ignore_index=True))
+    r = curve_summary(pd.concat([h.iloc[::-1], dup], ignore_index=True), target=0.605)
     assert r["num_validations"] == 5
-    # the re-logged 0.61 at step 300 replaces 0.58 and now reaches 0.95 * 0.62
-    assert r["steps_to_converge"] == 300 and r["time_to_converge_s"] == 80
+    # the re-logged 0.61 at step 300 replaces 0.58 and is the first to reach the target
+    assert r["steps_to_target"] == 300 and r["time_to_target_s"] == 80
 
 
 def test_no_validation_rows_gives_none():
     h = history()
     h["val_miou"] = math.nan
-    r = convergence(h)
-    assert r["num_validations"] == 0 and r["best_miou"] is None and r["steps_to_converge"] is None
-    assert convergence(h.drop(columns=["val_miou"]))["best_miou"] is None
+    r = curve_summary(h, target=0.5)
+    assert r["num_validations"] == 0 and r["best_miou"] is None and r["steps_to_target"] is None
+    assert curve_summary(h.drop(columns=["val_miou"]))["best_miou"] is None
 
 
 def test_bad_input():
     with pytest.raises(ValueError, match="'step'"):
-        convergence(pd.DataFrame({"val_miou": [0.1]}))
-    with pytest.raises(ValueError, match="fraction"):
-        convergence(history(), fraction=1.5)
+        curve_summary(pd.DataFrame({"val_miou": [0.1]}))
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        curve_summary(history(), steps_per_epoch=0)

@@ -54,7 +54,7 @@ def test_fraction_tag(fraction, tag):
 # ------------------------------------------------------------------------------------------ RunDir
 def test_rundir_paths_and_state_machine(tmp_path: Path):
     cfg = make_cfg(**{"tags.encoder": "enc"})
-    rd = RunDir.for_config(tmp_path, cfg)
+    rd = RunDir(tmp_path / run_id(cfg))
     assert rd.path == tmp_path / run_id(cfg)
     assert rd.state() == "new"
     assert rd.last_ckpt == rd.path / "checkpoints" / "last.ckpt" and rd.best_ckpt.parent == rd.checkpoints

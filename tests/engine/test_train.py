@@ -22,7 +22,7 @@ from encseg.engine import train as train_mod
 from encseg.engine.loaders import ResumableLoader
 from encseg.engine.rundir import RunDir
 from encseg.engine.train import ZeroStepsError, train
-from encseg.study.plan import estimate_cost
+from encseg.study.cost import estimate_cost
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from safetensors.torch import save_file
 
 from encseg.config import EncoderConfig
 from encseg.models.encoders import build_encoder
-from encseg.models.weights import WeightsError, detect_format, read_checkpoint
+from encseg.models.weights import WeightsError, detect_format, open_checkpoint
 
 TINY = dict(embed_dim=64, depth=3, num_heads=2)
 ATOL = 1e-5
@@ -56,7 +56,7 @@ def test_openai_torchscript_archive_matches_open_clip(tmp_path):
     path = tmp_path / "ViT-B-16.pt"
     traced = torch.jit.trace_module(ref, {"encode_image": x}, check_trace=False)
     torch.jit.save(traced, str(path))
-    assert not any(k.startswith("visual.trunk") for k in read_checkpoint(path))
+    assert not any(k.startswith("visual.trunk") for k in open_checkpoint(path)[0])
 
     enc = _encoder("clip_openai_vitb16", path, [0, 1, 2], 64)
     _assert_same(enc(x), _open_clip_taps(ref, x))
@@ -212,7 +212,7 @@ def test_checkpoint_of_another_family_is_refused(tmp_path):
 def test_pickled_code_is_not_executed(tmp_path):
     torch.save(torch.nn.Linear(2, 2), tmp_path / "module.pth")  # a pickled nn.Module, not a state dict
     with pytest.raises(WeightsError, match=r"module\.pth.*weights_only"):
-        read_checkpoint(tmp_path / "module.pth")
+        open_checkpoint(tmp_path / "module.pth")
 
 
 def test_missing_file():

@@ -14,7 +14,7 @@ import numpy as np
 
 from encseg.atomic import atomic_save_npy, atomic_write_json, atomic_write_text
 from encseg.config import RunConfig, load_run_config
-from encseg.engine.rundir import RunDir
+from encseg.engine.rundir import RunDir, run_id
 
 CLASSES = ["background", "square", "circle", "triangle"]
 
@@ -109,7 +109,7 @@ def write_run(runs_root: str | Path, cfg: RunConfig, state: str = "done",
     gets a config and history only (as if killed mid-training); a failed run also gets its FAILED marker in
     the engine's format (timestamp line, error line, traceback).
     """
-    rd = RunDir.for_config(runs_root, cfg)
+    rd = RunDir(Path(runs_root) / run_id(cfg))
     rd.write_config(cfg)
     if history:
         write_history(rd, seed=cfg.seed)

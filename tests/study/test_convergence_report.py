@@ -9,12 +9,12 @@ import pandas as pd
 import pytest
 from _fake_runs import FakeEval, default_summary, make_config, write_run
 
-from encseg.engine.rundir import RunDir
+from encseg.engine.rundir import RunDir, run_id
 from encseg.study import plots
-from encseg.study.aggregate import CONVERGENCE_FIELDS, StudyDataError, collect_results
-from encseg.study.plan import compute_used
-from encseg.study.report import DAGGER, write_report
+from encseg.study.aggregate import CONVERGENCE_FIELDS, StudyDataError, collect_results, compute_used
+from encseg.study.report import write_report
 from encseg.study.stats import add_convergence, summarize
+from encseg.study.tables import DAGGER
 
 # random at 100 % seed 1 hit its cap unconverged (its engine still wrote an epochs value: it must not be used)
 MIOU = {("random", 0.1): [0.40, 0.42], ("random", 1.0): [0.60, 0.70],
@@ -38,7 +38,7 @@ def study(tmp_path_factory):
     for (enc, frac), values in MIOU.items():
         for seed, m in enumerate(values):
             cfg = make_config(enc, fraction=frac, seed=seed, max_iters=1000)
-            rid = RunDir.for_config(root / "runs", cfg).name
+            rid = run_id(cfg)
             write_run(root / "runs", cfg, evals={"synth_a": FakeEval(m), "synth_b": FakeEval(m - 0.3)},
                       summary=_summary(cfg, rid, enc, frac, seed))
     html = write_report(root, n_boot=50)
@@ -141,7 +141,7 @@ def test_epochs_plot_uses_converged_runs_only(study, monkeypatch, tmp_path):
 
 def test_unrecorded_convergence_is_flagged_and_bad_values_are_named(tmp_path):
     cfg = make_config()
-    rd = RunDir.for_config(tmp_path / "runs", cfg)
+    rd = RunDir(tmp_path / "runs" / run_id(cfg))
     old = default_summary(cfg, rd.name)
     for key in CONVERGENCE_FIELDS:
         old.pop(key)

@@ -57,7 +57,7 @@ def test_demo_table_has_mean_std_steps_and_converged_per_cell():
 
 
 def test_demo_study_is_the_grid_the_issue_asks_for(tmp_path):
-    from encseg.study.plan import expand
+    from encseg.study.grid import expand
 
     study = demo_study(tmp_path, tmp_path / "w.safetensors")
     cells = expand(study)

@@ -9,15 +9,9 @@ import yaml
 
 from encseg.config import ConfigError, RunConfig
 from encseg.engine.rundir import RunDir, run_id
-from encseg.study.plan import (
-    dump_study,
-    estimate_cost,
-    expand,
-    format_plan,
-    load_study,
-    plan_cli,
-    runs_root,
-)
+from encseg.study.cost import estimate_cost
+from encseg.study.grid import dump_study, expand, load_study, runs_root
+from encseg.study.plan import format_plan, plan_cli
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -6,15 +6,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from encseg.study.plan import (
-    converge_cost,
-    expand,
-    expected_converge_iters,
-    format_plan,
-    load_study,
-    steps_per_epoch,
-    study_cost,
-)
+from encseg.engine.schedule import steps_per_epoch
+from encseg.study.cost import converge_cost, expected_converge_iters, study_cost
+from encseg.study.grid import expand, load_study
+from encseg.study.plan import format_plan
 
 
 def _study(tmp_path: Path, **changes) -> dict:
@@ -47,7 +42,7 @@ def _load(tmp_path: Path, data: dict):
 def test_expected_iterations_follow_the_documented_model(tmp_path):
     _, runs = _load(tmp_path, _study(tmp_path))
     cfg = runs[0]  # batch 4, val_every 5, patience 5, anneal 0.2, min_iters 20, max_iters 400
-    assert steps_per_epoch(cfg, 40) == 10
+    assert steps_per_epoch(40, cfg.data.batch_size, 1, cfg.train.accumulate) == 10
     # 3 epochs x 10 steps + 5 x 5 = 55 -> anneal ceil(0.2 x 55 / 5) x 5 = 15 -> 70
     assert expected_converge_iters(cfg, 40, 3.0) == 70
     # min_iters floors the plateau: 1 epoch = 10 + 25 = 35 < 50 -> 50 + ceil(2) x 5 = 60
@@ -65,7 +60,7 @@ def test_plan_prints_expected_worst_and_fixed(tmp_path):
     assert cc.worst_gpu_hours == pytest.approx(1600 * 2.0 / 3600)
     # default epochs: the longest max_iters over the whole pool; the 100 % cells are then capped at max_iters
     pool = cost.cells[0].pool_images
-    epochs = 400 / steps_per_epoch(runs[0], pool)
+    epochs = 400 / steps_per_epoch(pool, runs[0].data.batch_size, 1, runs[0].train.accumulate)
     small = next(c for r, c in zip(runs, cost.cells, strict=True) if r.data.fraction == 0.25)
     per_small = expected_converge_iters(runs[0], small.train_images, epochs)
     assert cc.per_fraction == {0.25: [per_small, per_small], 1.0: [400, 400]}

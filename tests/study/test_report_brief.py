@@ -7,7 +7,9 @@ from _fake_runs import FakeEval, default_summary, make_config, write_run
 
 from encseg.engine.rundir import run_id
 from encseg.study import stats
-from encseg.study.report import brief_sentences, compute_insights, write_report
+from encseg.study.brief import brief_sentences
+from encseg.study.insights import compute_insights
+from encseg.study.report import write_report
 
 MIOU = {  # 2 seeds; the same seed offsets everywhere, so every seed resample crosses at 25% too
     "random": {0.1: [0.19, 0.21], 0.25: [0.29, 0.31], 1.0: [0.49, 0.51]},

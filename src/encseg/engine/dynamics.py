@@ -1,15 +1,14 @@
-"""Training dynamics from ``history.csv``: how fast a run gets close to its own best validation mIoU.
+"""Training dynamics from ``history.csv``: the best and final validation mIoU, and when a target was reached.
+
+Whether and when a run converged is the dev-curve criterion's (``engine.convergence``), not this module's.
 
 Definitions (validation rows are the rows whose ``val_miou`` is not empty, ordered by ``step``; when a resumed
 run logged the same step twice, the last row wins):
 
-- ``steps_to_converge``: the ``step`` of the first validation whose mIoU is ``>= fraction * best``, where
-  ``best`` is the run's highest validation mIoU (default fraction 0.95). The validation schedule bounds the
-  resolution: the true crossing lies between the previous validation and this one.
-- ``epochs_to_converge``: ``step / steps_per_epoch`` when ``steps_per_epoch`` is given (fractional), else the
-  ``epoch`` column of that row as logged.
-- ``time_to_converge_s``: the ``time_s`` column of that row (training wall time since the start of the run).
-- ``..._to_target``: the same for an absolute mIoU target; None when the target was never reached.
+- ``steps_to_target``: the ``step`` of the first validation whose mIoU is ``>= target`` (``eval.converge_target``);
+  the validation schedule bounds the resolution. None when the target was never reached.
+- ``epochs_to_target``: ``step / steps_per_epoch`` when ``steps_per_epoch`` is given (fractional), else the
+  ``epoch`` column of that row as logged; ``time_to_target_s``: its ``time_s`` (training wall time).
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["convergence", "validation_rows"]
+__all__ = ["curve_summary", "validation_rows"]
 
 
 def validation_rows(history: pd.DataFrame) -> pd.DataFrame:
@@ -60,42 +59,28 @@ def _epoch(row: pd.Series, steps_per_epoch: float | None) -> float | None:
     return _num(row["epoch"]) if "epoch" in row.index else None
 
 
-def convergence(history: pd.DataFrame, fraction: float = 0.95, target: float | None = None,
-                steps_per_epoch: float | None = None) -> dict[str, Any]:
-    """Convergence summary of one run's history (see the module docstring); JSON-ready values.
+def curve_summary(history: pd.DataFrame, target: float | None = None,
+                  steps_per_epoch: float | None = None) -> dict[str, Any]:
+    """Best and final validation of one run's history, and the first reach of ``target``; JSON-ready values.
 
-    Keys: ``num_validations, best_miou, best_step, best_epoch, final_miou, final_step, final_epoch, fraction,
-    threshold, steps_to_converge, epochs_to_converge, time_to_converge_s, target, steps_to_target,
-    epochs_to_target, time_to_target_s, best_is_last`` (the best score is the last validation: the run was
-    still improving when it stopped) and ``final_within_fraction`` (the final score is still within
-    ``fraction`` of the best: it did not degrade). Without any validation row every value is None.
+    Keys: ``num_validations, best_miou, best_step, best_epoch, final_miou, final_step, final_epoch, target,
+    steps_to_target, epochs_to_target, time_to_target_s``. Without any validation row every value is None.
     """
-    if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
     if steps_per_epoch is not None and steps_per_epoch <= 0:
         raise ValueError(f"steps_per_epoch must be positive, got {steps_per_epoch}")
     val = validation_rows(history)
-    out: dict[str, Any] = {"num_validations": len(val), "fraction": fraction, "target": target}
-    keys = ("best_miou", "best_step", "best_epoch", "final_miou", "final_step", "final_epoch", "threshold",
-            "steps_to_converge", "epochs_to_converge", "time_to_converge_s", "steps_to_target",
-            "epochs_to_target", "time_to_target_s", "best_is_last", "final_within_fraction")
+    out: dict[str, Any] = {"num_validations": len(val), "target": target}
+    keys = ("best_miou", "best_step", "best_epoch", "final_miou", "final_step", "final_epoch", "steps_to_target",
+            "epochs_to_target", "time_to_target_s")
     out.update(dict.fromkeys(keys))
     if val.empty:
         return out
-
-    best_pos = int(val["val_miou"].to_numpy().argmax())  # the first occurrence of the best score
-    best, last = val.iloc[best_pos], val.iloc[-1]
-    best_miou = float(best["val_miou"])
-    threshold = fraction * best_miou
-    conv = _first_reaching(val, threshold, steps_per_epoch)
+    best = val.iloc[int(val["val_miou"].to_numpy().argmax())]  # the first occurrence of the best score
+    last = val.iloc[-1]
     out.update({
-        "best_miou": best_miou, "best_step": _int(best["step"]), "best_epoch": _epoch(best, steps_per_epoch),
-        "final_miou": float(last["val_miou"]), "final_step": _int(last["step"]),
-        "final_epoch": _epoch(last, steps_per_epoch), "threshold": threshold,
-        "steps_to_converge": conv["step"], "epochs_to_converge": conv["epoch"],
-        "time_to_converge_s": conv["time_s"],
-        "best_is_last": best_pos == len(val) - 1,
-        "final_within_fraction": bool(float(last["val_miou"]) >= threshold),
+        "best_miou": float(best["val_miou"]), "best_step": _int(best["step"]),
+        "best_epoch": _epoch(best, steps_per_epoch), "final_miou": float(last["val_miou"]),
+        "final_step": _int(last["step"]), "final_epoch": _epoch(last, steps_per_epoch),
     })
     if target is not None:
         tgt = _first_reaching(val, target, steps_per_epoch)

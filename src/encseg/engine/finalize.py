@@ -18,10 +18,11 @@ from encseg.atomic import atomic_write_json, read_json
 from encseg.config import RunConfig
 from encseg.data.taxonomy import cross_dataset_luts, dataset_taxonomy
 from encseg.engine import convergence as crit
-from encseg.engine.dynamics import convergence, validation_rows
+from encseg.engine.dynamics import curve_summary, validation_rows
 from encseg.engine.efficiency import count_flops, count_params, measure_latency
 from encseg.engine.evaluate import EvalResult, evaluate, protocol, write_eval
 from encseg.engine.loaders import eval_dataset, eval_loader
+from encseg.engine.metrics import validation_record
 from encseg.engine.rundir import RunDir
 from encseg.engine.runplots import plot_confusion, plot_losses, plot_val_curve
 
@@ -42,8 +43,7 @@ def _close_dev_curve(cfg: RunConfig, history, seg, dev_ds, step: int, classes: l
         return
     m = evaluate(seg, eval_loader(dev_ds, cfg.eval.batch_size, cfg.data.num_workers), cfg.eval, cfg.data.crop_size,
                  classes, dataset="dev", split=cfg.data.dataset.train_split, device=device).metrics
-    history.add_validation(step, {"val_miou": m["miou"], "val_macc": m["macc"], "val_aacc": m["aacc"],
-                                  "val_fwiou": m["fwiou"], "val_loss": math.nan})
+    history.add_validation(step, validation_record(m))
     history.write()
 
 
@@ -130,8 +130,7 @@ def record_final_validation(history, step: int, metrics: dict) -> None:
     last_val = [r for r in history.rows if "val_miou" in r]
     if last_val and last_val[-1]["step"] == step:
         return
-    history.add_validation(step, {"val_miou": metrics["miou"], "val_macc": metrics["macc"],
-                                  "val_aacc": metrics["aacc"], "val_fwiou": metrics["fwiou"], "val_loss": math.nan})
+    history.add_validation(step, validation_record(metrics))
     history.write()
 
 
@@ -171,8 +170,7 @@ def training_dynamics(cfg: RunConfig, rd: RunDir, steps_per_epoch: int) -> tuple
     if not rd.history_path.is_file():
         return {}, None
     hist = pd.read_csv(rd.history_path)
-    dyn = convergence(hist, fraction=cfg.eval.converge_fraction, target=cfg.eval.converge_target,
-                      steps_per_epoch=steps_per_epoch)
+    dyn = curve_summary(hist, target=cfg.eval.converge_target, steps_per_epoch=steps_per_epoch)
     plot_losses(hist, rd.plots_dir / "loss.png")
     plot_val_curve(hist, rd.plots_dir / "val_miou.png")
     return dyn, hist

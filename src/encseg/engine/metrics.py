@@ -168,6 +168,12 @@ def metrics_from_confusion(cm: np.ndarray, class_names: Sequence[str] | None = N
     }
 
 
+def validation_record(metrics: dict, loss: float = math.nan) -> dict[str, float]:
+    """The ``val_*`` columns of a validation row of ``history.csv``, from ``metrics_from_confusion``'s scores."""
+    return {"val_miou": metrics["miou"], "val_macc": metrics["macc"], "val_aacc": metrics["aacc"],
+            "val_fwiou": metrics["fwiou"], "val_loss": loss}
+
+
 def per_image_miou(pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray, num_classes: int,
                    ignore_index: int = IGNORE_INDEX, n_scored: int | None = None) -> float | list[float]:
     """mIoU of each image separately (same rules as the dataset-level score), for bootstrap intervals.

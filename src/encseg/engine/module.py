@@ -17,7 +17,7 @@ import torch
 
 from encseg.config import EvalConfig, RegimeConfig, TrainConfig
 from encseg.engine.evaluate import predict_scores
-from encseg.engine.metrics import ConfusionMatrix, metrics_from_confusion
+from encseg.engine.metrics import ConfusionMatrix, metrics_from_confusion, validation_record
 from encseg.errors import EncsegError
 from encseg.models.regimes import param_groups
 from encseg.models.segmenter import Segmenter
@@ -107,8 +107,7 @@ class SegmentationModule(L.LightningModule):
         if self.trainer.world_size > 1:
             loss_sum = self.trainer.strategy.reduce(loss_sum, reduce_op="sum")
         val_loss = float(loss_sum[0] / loss_sum[1]) if loss_sum[1] > 0 else math.nan
-        self.validation.metrics = {"val_miou": m["miou"], "val_macc": m["macc"], "val_aacc": m["aacc"],
-                                   "val_fwiou": m["fwiou"], "val_loss": val_loss}
+        self.validation.metrics = validation_record(m, val_loss)
         self.validation.confusion = cm
         # the same value on every rank (already reduced), so no sync_dist needed for checkpoint monitoring
         self.log("val/miou", _nan_to(m["miou"], 0.0), prog_bar=True, sync_dist=False)

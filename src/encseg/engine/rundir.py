@@ -18,19 +18,20 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from encseg.atomic import (  # noqa: F401  (re-exported: callers that predate encseg.atomic import them here)
-    atomic_save_fig,
-    atomic_save_npy,
-    atomic_write_bytes,
-    atomic_write_json,
-    atomic_write_text,
-    read_json,
-    to_jsonable,
-)
+from encseg.atomic import atomic_write_text
 from encseg.config import ConfigError, RunConfig, dump_config, load_run_config
+from encseg.engine.schedule import world_size
 from encseg.errors import InputError, MissingFileError
 
-__all__ = ["RunDir", "run_id", "fraction_tag", "resolve_runs_root", "config_diff", "now_iso"]
+__all__ = ["RunDir", "run_id", "fraction_tag", "resolve_runs_root", "config_diff", "result_diff", "now_iso"]
+
+# Settings that change how a run is executed or logged, not what it computes: a run directory whose stored
+# config differs from a new one only here holds the same run, finished or not (a resume, a study's reuse).
+OPERATIONAL_KEYS = ("logging", "data.num_workers", "data.check", "train.log_every", "train.checkpoint_every",
+                    "train.compile")
+# How one global batch is split over processes: operational while the global batch stays the same (the train
+# sampler then gives each optimiser step the same images); ``train`` also requires the same step schedule.
+BATCH_SPLIT_KEYS = ("train.devices", "train.num_nodes", "data.batch_size")
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
@@ -87,6 +88,21 @@ def config_diff(old: RunConfig, new: RunConfig) -> list[str]:
     return sorted(_diff(old.model_dump(mode="json"), new.model_dump(mode="json")))
 
 
+def global_batch(cfg: RunConfig) -> int:
+    """Images per optimiser step over all processes."""
+    return world_size(cfg.train) * cfg.data.batch_size * cfg.train.accumulate
+
+
+def result_diff(old: RunConfig, new: RunConfig) -> list[str]:
+    """The keys of ``config_diff`` that change what a run computes: all but ``OPERATIONAL_KEYS``, and but
+    ``BATCH_SPLIT_KEYS`` when the global batch is unchanged."""
+    diffs = [k for k in config_diff(old, new) if not any(k == o or k.startswith(o + ".") for o in
+                                                           OPERATIONAL_KEYS)]
+    if global_batch(old) == global_batch(new):
+        diffs = [k for k in diffs if k not in BATCH_SPLIT_KEYS]
+    return diffs
+
+
 def _diff(a: Any, b: Any, prefix: str = ""):
     if isinstance(a, dict) and isinstance(b, dict):
         for k in set(a) | set(b):
@@ -101,10 +117,6 @@ class RunDir:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-
-    @classmethod
-    def for_config(cls, runs_root: str | Path, cfg: RunConfig) -> RunDir:
-        return cls(Path(runs_root) / run_id(cfg))
 
     def __fspath__(self) -> str:
         return os.fspath(self.path)
@@ -193,7 +205,7 @@ class RunDir:
     def read_config(self) -> RunConfig:
         if not self.config_path.is_file():
             raise MissingFileError(f"run directory {self.path} has no config.yaml")
-        return load_run_config(self.config_path)
+        return load_run_config(self.config_path, stored=True)
 
 
 def _checked_dataset_name(name: str) -> str:

@@ -34,7 +34,7 @@ from encseg.engine.distributed import is_rank_zero
 from encseg.engine.loaders import dev_dataset, eval_dataset, eval_loader, train_dataset, train_loader
 from encseg.engine.logs import LOG_NAME, console_handler, run_log
 from encseg.engine.module import SegmentationModule, ValidationResult
-from encseg.engine.rundir import RunDir, config_diff, resolve_runs_root, run_id
+from encseg.engine.rundir import BATCH_SPLIT_KEYS, RunDir, config_diff, resolve_runs_root, result_diff, run_id
 from encseg.engine.runenv import finish_env, write_env
 from encseg.engine.schedule import Schedule, schedule
 from encseg.errors import EncsegError, InputError
@@ -54,13 +54,38 @@ class ZeroStepsError(EncsegError, RuntimeError):
     """Training ended without a single optimiser step; the message compares batch size x processes to images."""
 
 
-def _check_same_config(rd: RunDir, cfg: RunConfig) -> None:
+def resume_check(rd: RunDir, cfg: RunConfig) -> tuple[RunConfig | None, list[str]]:
+    """The config stored in ``rd`` (None for a new run) and its operational changes as ``key: old -> new``
+    lines; a change to anything that alters the result is refused, for a partial and a finished run alike."""
     if not rd.config_path.is_file():
-        return
-    diffs = config_diff(rd.read_config(), cfg)
-    if diffs:
-        raise ConfigError(f"{rd.path} already holds a run with a different config ({', '.join(diffs[:10])}); "
+        return None, []
+    old = rd.read_config()
+    changed = result_diff(old, cfg)
+    if changed:
+        kind = "finished run" if rd.is_done() else "run"
+        raise ConfigError(f"{rd.path} already holds a {kind} with a different config ({', '.join(changed[:10])}); "
                           f"use another runs root or `name`, or delete the directory to start over")
+    a, b = old.model_dump(mode="json"), cfg.model_dump(mode="json")
+    return old, [f"{k}: {_at(a, k)!r} -> {_at(b, k)!r}" for k in config_diff(old, cfg)]
+
+
+def _at(tree: dict, dotted: str):
+    for part in dotted.split("."):
+        tree = tree.get(part) if isinstance(tree, dict) else None
+    return tree
+
+
+def check_same_schedule(previous: RunConfig | None, cfg: RunConfig, n_images: int, sched: Schedule) -> None:
+    """A resume over another batch split (processes x per-process batch) must keep the step schedule: the same
+    steps per epoch and in all, so every step trains on the images it would have."""
+    if previous is None or not set(config_diff(previous, cfg)) & set(BATCH_SPLIT_KEYS):
+        return
+    before = schedule(previous, n_images)
+    if (before.steps_per_epoch, before.total_steps) != (sched.steps_per_epoch, sched.total_steps):
+        raise ConfigError(f"resuming over another batch split ({', '.join(BATCH_SPLIT_KEYS)}) changes the step "
+                          f"schedule ({before.steps_per_epoch} -> {sched.steps_per_epoch} steps per epoch, "
+                          f"{before.total_steps} -> {sched.total_steps} in all) on {n_images} images; keep the "
+                          "run's split or start a new run")
 
 
 def precision_for(cfg: RunConfig, accelerator: str) -> str:
@@ -100,21 +125,24 @@ def train(cfg: RunConfig, runs_root: str | Path, argv: list[str] | None = None) 
     runs_root = Path(runs_root)
     cfg = resolve_runs_root(cfg, runs_root)
     rd = RunDir(runs_root / run_id(cfg))
+    rank0 = is_rank_zero()
+    previous, changes = resume_check(rd, cfg) if rank0 else (None, [])
     if rd.is_done():
         log.info("%s is done; skipping", rd.path)
         return rd.path
     # Lightning advertises a logging service on every fit
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DROP_ADVERTS)
-    rank0 = is_rank_zero()
     if rank0:
         rd.path.mkdir(parents=True, exist_ok=True)
-        _check_same_config(rd, cfg)
         rd.clear_failed()
         rd.write_config(cfg)
     # rank 0 owns the run directory; DDP peers keep their output on their own stderr
     with run_log(rd.path / LOG_NAME) if rank0 else contextlib.nullcontext():
+        if changes:
+            log.info("resuming with operational changes (the result does not depend on them): %s",
+                     "; ".join(changes))
         try:
-            _train(cfg, rd, argv if argv is not None else sys.argv, rank0)
+            _train(cfg, rd, argv if argv is not None else sys.argv, rank0, previous)
         except Exception as e:
             if rank0:
                 log.error("run failed", exc_info=True)
@@ -123,7 +151,7 @@ def train(cfg: RunConfig, runs_root: str | Path, argv: list[str] | None = None) 
     return rd.path
 
 
-def _train(cfg: RunConfig, rd: RunDir, argv: list[str], rank0: bool) -> None:
+def _train(cfg: RunConfig, rd: RunDir, argv: list[str], rank0: bool, previous: RunConfig | None = None) -> None:
     """The named steps of one run: check, build, record the subset, fit, and (rank 0) finalize."""
     t0 = time.time()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -137,6 +165,7 @@ def _train(cfg: RunConfig, rd: RunDir, argv: list[str], rank0: bool) -> None:
     if rank0:
         write_subset(rd, cfg, full, idx, dev_idx)
     sched = schedule(cfg, len(train_ds))
+    check_same_schedule(previous, cfg, len(train_ds), sched)
     check_dev_split(len(dev_idx), sched.world_size)
     # validation during training watches the dev split; the reported splits are scored once, in finalize
     fitted = fit(cfg, rd, seg, list(full.classes), train_ds, dev_ds or val_ds, sched)

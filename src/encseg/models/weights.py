@@ -128,11 +128,6 @@ def _unwrap(obj: Any, path: Path, container: str) -> tuple[dict[str, torch.Tenso
     return dict(obj), container
 
 
-def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
-    """The flat state dict in ``path`` (unwrapped, keys as in the file)."""
-    return _read(Path(path))[0]
-
-
 def open_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
     """``(state dict, container description)`` of ``path``, read once for ``checkpoint_grid`` and loading."""
     return _read(Path(path))

@@ -27,6 +27,7 @@ import pandas as pd
 from encseg.atomic import read_json
 from encseg.config import RunConfig
 from encseg.engine.rundir import RunDir
+from encseg.engine.schedule import world_size
 from encseg.errors import EncsegError, MissingFileError
 
 log = logging.getLogger(__name__)
@@ -410,7 +411,39 @@ def collect_protocol(study_dir: str | Path) -> pd.DataFrame:
             "weight_decay": t.weight_decay,
             "encoder_lr_mult": cfg.model.regime.lr_mult,
             "layer_decay": cfg.model.regime.layer_decay,
-            "converge_fraction": cfg.eval.converge_fraction,
             "converge_target": cfg.eval.converge_target,
         })
     return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------------------------- compute used
+COMPUTE_COLUMNS = ["run_id", "train_dataset", "fraction", "budget", "converged", "gpus", "iters_trained",
+                   "fixed_iters", "train_wall_s", "fixed_wall_s", "gpu_hours", "fixed_gpu_hours"]
+
+
+def compute_used(study_dir: str | Path) -> pd.DataFrame:
+    """One row per finished run: the iterations and GPU-hours it used, and what the fixed schedule would have.
+
+    The fixed schedule of a ``converge`` run is its ``max_iters`` cap (the published schedule in the shipped
+    studies), costed at the run's own measured seconds per iteration (``train_wall_s / iters_trained``); a
+    run on a fixed budget used its fixed schedule. Runs that did not record ``iters_trained`` fall back to
+    ``steps`` and ``train_time_s`` of their summary.json.
+    """
+    rows = []
+    for rd in finished_runs(study_dir):
+        cfg = rd.read_config()
+        summary = read_json(rd.summary_path)
+        rec = convergence(summary, cfg, rd.summary_path)
+        iters = rec["iters_trained"] if not math.isnan(rec["iters_trained"]) else float(summary.get("steps") or 0)
+        wall = rec["train_wall_s"]
+        if math.isnan(wall):
+            wall = float(summary.get("train_time_s") or math.nan)
+        fixed = rec["max_iters"] if rec["budget"] == "converge" else iters
+        fixed_wall = fixed * wall / iters if iters > 0 else math.nan
+        gpus = world_size(cfg.train)
+        rows.append({"run_id": rd.name, "train_dataset": cfg.data.dataset.display_name,
+                     "fraction": float(cfg.data.fraction), "budget": rec["budget"], "converged": rec["converged"],
+                     "gpus": gpus, "iters_trained": iters, "fixed_iters": fixed, "train_wall_s": wall,
+                     "fixed_wall_s": fixed_wall, "gpu_hours": wall * gpus / 3600.0,
+                     "fixed_gpu_hours": fixed_wall * gpus / 3600.0})
+    return pd.DataFrame(rows, columns=COMPUTE_COLUMNS)

@@ -31,12 +31,13 @@ import submitit
 import yaml
 
 from encseg.atomic import atomic_write_json, atomic_write_text, read_json
-from encseg.config import ConfigError, RunConfig, StudyConfig
+from encseg.config import ConfigError, RunConfig
 from encseg.engine.distributed import is_rank_zero
 from encseg.engine.rundir import RunDir, run_id
 from encseg.errors import InputError
+from encseg.study.config import StudyConfig
 from encseg.study.console import StudyConsole, cell_output, progress_listener
-from encseg.study.plan import cell_state, config_drift, dump_study, expand, load_study, study_dir
+from encseg.study.grid import cell_state, config_drift, dump_study, expand, load_study, study_dir
 
 try:
     import fcntl

@@ -104,7 +104,7 @@ def _settings_table(results: pd.DataFrame, axes: list[str], keys: pd.DataFrame,
         order = sorted(((m, e) for m, e in zip(point[sel], keys.loc[sel, "encoder"], strict=True)
                         if not math.isnan(m)), key=lambda t: -t[0])
         runs = g.drop_duplicates("run_id") if "run_id" in g else g
-        cost = stats._clean(runs[cost_col]) if cost_col else np.array([])
+        cost = stats.drop_nan(runs[cost_col]) if cost_col else np.array([])
         rows.append({"setting": setting_name(key, varying), **key, "n_encoders": len(order),
                      "ranking": " > ".join(e for _, e in order),
                      "cost_s": float(cost.mean()) if cost.size else math.nan, "n_runs": len(runs)})

@@ -42,7 +42,7 @@ SUMMARY_COLUMNS = [
 ]
 
 
-def _clean(values: Sequence[float] | np.ndarray | pd.Series) -> np.ndarray:
+def drop_nan(values: Sequence[float] | np.ndarray | pd.Series) -> np.ndarray:
     x = np.asarray(values, dtype=float).ravel()
     return x[~np.isnan(x)]
 
@@ -62,7 +62,7 @@ class Description(NamedTuple):
 
 def describe(values: Sequence[float] | np.ndarray | pd.Series, confidence: float = 0.95) -> Description:
     """Mean, sample std, count and Student-t confidence interval of the non-NaN values."""
-    x = _clean(values)
+    x = drop_nan(values)
     n = int(x.size)
     if n == 0:
         return Description(math.nan, math.nan, 0, math.nan, math.nan)
@@ -203,7 +203,7 @@ def _per_image_mean(per_image: pd.DataFrame, run_ids: Sequence[str], dataset: st
 
 
 def _nanmean(s: pd.Series) -> float:
-    x = _clean(s)
+    x = drop_nan(s)
     return float(x.mean()) if x.size else math.nan
 
 
