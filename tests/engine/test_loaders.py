@@ -106,9 +106,28 @@ def test_drop_last_is_decided_on_what_one_rank_sees():
 
 
 def test_steps_per_epoch_counts_the_short_accumulation_at_the_end_of_an_epoch():
-    assert steps_per_epoch(8, 1, 1, accumulate=3) == 3  # batches 3 + 3 + 2
+    assert steps_per_epoch(8, 1, 1, accumulate=3) == 3  # batches 3 + 3 + 2, the last accumulation padded to 3
     assert steps_per_epoch(8, 1, 1, accumulate=1) == 8
     assert steps_per_epoch(10, 1, 2, accumulate=2) == 3  # 5 batches per rank
+
+
+@pytest.mark.parametrize("n,batch_size,world,accumulate", [(8, 1, 1, 3), (7, 2, 1, 2), (10, 2, 2, 3), (3, 4, 1, 2)])
+def test_an_epoch_is_whole_accumulations_of_full_batches(n, batch_size, world, accumulate):
+    """Every optimiser step accumulates ``accumulate`` full batches, so the trainer's batch count is always
+    ``accumulate`` x its step count and validation (counted in batches) falls on optimiser steps."""
+    data = _plain(batch_size)
+    for rank in range(world):
+        loader = train_loader(_Indices(n), data, seed=0, rank=rank, world_size=world, accumulate=accumulate)
+        batches = [b["k"] for b in loader]
+        assert len(batches) == len(loader) == steps_per_epoch(n, batch_size, world, accumulate) * accumulate
+        own = batches_per_epoch(n, batch_size, world)
+        if own % accumulate:  # padded: full batches only
+            assert {len(b) for b in batches} == {batch_size}
+    plain = [b["k"].tolist() for b in train_loader(_Indices(n), data, seed=0, rank=0, world_size=world)]
+    padded = [b["k"].tolist() for b in train_loader(_Indices(n), data, seed=0, rank=0, world_size=world,
+                                                   accumulate=accumulate)]
+    whole = [b for b in plain if len(b) == batch_size]
+    assert padded[:len(whole)] == whole  # the epoch's own batches come first, in their order
 
 
 def test_total_steps_follow_the_budget():
@@ -148,19 +167,20 @@ def test_augmentation_is_a_function_of_seed_epoch_and_index(synth):
 @pytest.mark.parametrize("accumulate", [1, 2, 3])
 @pytest.mark.parametrize("global_step", [1, 4, 5, 7])
 def test_a_resumed_loader_yields_the_rest_of_the_interrupted_epoch(accumulate, global_step):
-    """10 images, batch 2: 5 batches per epoch; with accumulate 2 or 3 the epoch ends on a short accumulation."""
+    """10 images, batch 2: 5 batches per epoch, padded to 6 with accumulate 2 or 3."""
     data = _plain(2)
     per_epoch = steps_per_epoch(10, 2, 1, accumulate)
     epoch, step_in_epoch = divmod(global_step, per_epoch)
 
     def batches(resume_step: int | None) -> list[list[int]]:
-        loader = train_loader(_Indices(10), data, seed=1, rank=0, world_size=1)
+        loader = train_loader(_Indices(10), data, seed=1, rank=0, world_size=1, accumulate=accumulate)
         loader.sampler.set_epoch(epoch)
         if resume_step is not None:
             loader.resume_at(resume_step, accumulate)
         return [b["k"].tolist() for b in loader]
 
     full = batches(None)
+    assert len(full) == per_epoch * accumulate
     assert batches(global_step) == full[step_in_epoch * accumulate:]
     assert batches(global_step)  # never resumes past the end of an epoch
 

@@ -251,7 +251,7 @@ def test_two_processes_train_what_the_planner_counts_when_a_rank_holds_less_than
 
 
 def test_a_run_that_makes_no_optimiser_step_fails_and_says_why(synth, tmp_path, monkeypatch):
-    def no_batches(ds, data, seed, rank, world):
+    def no_batches(ds, data, seed, rank, world, accumulate):
         return ResumableLoader([], batch_size=data.batch_size)
 
     monkeypatch.setattr(train_mod, "train_loader", no_batches)

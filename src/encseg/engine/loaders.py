@@ -18,7 +18,7 @@ from encseg.data.formats import build_dataset
 from encseg.data.formats.base import DatasetError
 from encseg.data.subsets import dev_indices, subset_indices
 from encseg.data.transforms import drawing_from, eval_transforms, train_transforms
-from encseg.engine.schedule import drop_last, samples_per_rank
+from encseg.engine.schedule import drop_last, samples_per_epoch, samples_per_rank
 from encseg.errors import InputError
 
 
@@ -40,12 +40,14 @@ class TrainSampler(Sampler[int]):
 
     Yields ``epoch * n + index`` so that ``SeededAugment`` can draw each sample's augmentation from
     (seed, epoch, index) alone. The order depends only on (seed, epoch): a resumed run sees the order and
-    the crops it would have seen. The last incomplete round is padded from the start of the permutation so
-    every rank has the same number of batches.
+    the crops it would have seen. Each rank yields ``length`` samples (default: its share, ``ceil(n / world)``);
+    what the ranks need beyond ``n`` (the last incomplete round, padding to whole accumulations) is drawn
+    from the start of the permutation, so every rank has the same number of batches.
     """
 
-    def __init__(self, n: int, seed: int, rank: int = 0, world_size: int = 1):
+    def __init__(self, n: int, seed: int, rank: int = 0, world_size: int = 1, length: int | None = None):
         self.n, self.seed, self.rank, self.world_size = n, seed, rank, world_size
+        self.length = samples_per_rank(n, world_size) if length is None else length
         self.epoch = 0
         self.skip = 0  # samples of this rank already consumed in the current epoch (a resumed run)
 
@@ -62,7 +64,7 @@ class TrainSampler(Sampler[int]):
         return iter([self.epoch * self.n + i for i in mine])
 
     def __len__(self) -> int:
-        return samples_per_rank(self.n, self.world_size)
+        return self.length
 
 
 class ResumableLoader(DataLoader):
@@ -164,9 +166,12 @@ def eval_dataset(ds_cfg: DatasetConfig, data: DataConfig, mean, std, split: str 
     return WithOriginalMask(ds.with_transform(eval_transforms(data, mean, std)))
 
 
-def train_loader(ds, data: DataConfig, seed: int, rank: int, world_size: int) -> ResumableLoader:
+def train_loader(ds, data: DataConfig, seed: int, rank: int, world_size: int, accumulate: int = 1) -> ResumableLoader:
+    """Each epoch ``schedule.batches_per_epoch`` batches: whole accumulations of ``accumulate`` batches."""
+    length = samples_per_epoch(len(ds), data.batch_size, world_size, accumulate)
+    sampler = TrainSampler(len(ds), seed, rank, world_size, length)
     # an own generator keeps the loader from drawing on the global RNG, which the model's point sampling uses
-    return ResumableLoader(ds, batch_size=data.batch_size, sampler=TrainSampler(len(ds), seed, rank, world_size),
+    return ResumableLoader(ds, batch_size=data.batch_size, sampler=sampler,
                       num_workers=data.num_workers, collate_fn=collate,
                       drop_last=drop_last(len(ds), data.batch_size, world_size),
                       pin_memory=torch.cuda.is_available(), persistent_workers=data.num_workers > 0,

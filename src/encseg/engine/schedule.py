@@ -1,9 +1,12 @@
 """How long a run trains, in optimiser steps: one rule for the trainer and the study planner.
 
 Steps per epoch are those of the real training loader (``engine.loaders.train_loader`` is built from the same
-functions): each rank gets ``ceil(n / world)`` images, drops its last incomplete batch unless that share is under
-one batch, and makes ``ceil(batches / accumulate)`` optimiser steps. ``budget: iters`` trains ``max_iters`` steps; ``budget: epochs`` trains
-``max_epochs`` x steps per epoch.
+functions): each rank gets ``ceil(n / world)`` images and drops its last incomplete batch unless that share is
+under one batch. With ``accumulate > 1`` an epoch is padded with batches drawn from the start of its order up to a
+whole number of accumulation groups, so every optimiser step accumulates ``accumulate`` full batches and the
+trainer's batch count is always ``accumulate`` x its step count (validation then falls on optimiser steps);
+``ceil(batches / accumulate)`` steps an epoch. ``budget: iters`` trains ``max_iters`` steps; ``budget: epochs``
+trains ``max_epochs`` x steps per epoch.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from encseg.config import RunConfig, TrainConfig
 
 
 def samples_per_rank(n: int, world_size: int) -> int:
-    """What ``TrainSampler`` gives each rank per epoch: ``ceil(n / world_size)``."""
+    """Images of one rank's share of an epoch: ``ceil(n / world_size)``."""
     return math.ceil(n / world_size)
 
 
@@ -25,16 +28,28 @@ def drop_last(n: int, batch_size: int, world_size: int) -> bool:
     return samples_per_rank(n, world_size) >= batch_size
 
 
-def batches_per_epoch(n: int, batch_size: int, world_size: int) -> int:
-    """Length of each rank's train loader (``train_loader``)."""
+def _own_batches(n: int, batch_size: int, world_size: int) -> int:
     per_rank = samples_per_rank(n, world_size)
     return per_rank // batch_size if drop_last(n, batch_size, world_size) else math.ceil(per_rank / batch_size)
 
 
+def batches_per_epoch(n: int, batch_size: int, world_size: int, accumulate: int = 1) -> int:
+    """Length of each rank's train loader (``train_loader``): its share's batches, padded to whole accumulations."""
+    return math.ceil(_own_batches(n, batch_size, world_size) / accumulate) * accumulate
+
+
+def samples_per_epoch(n: int, batch_size: int, world_size: int, accumulate: int = 1) -> int:
+    """What ``TrainSampler`` yields each rank per epoch: its share, or full batches up to the padded length."""
+    padded = batches_per_epoch(n, batch_size, world_size, accumulate)
+    if padded == _own_batches(n, batch_size, world_size):
+        return samples_per_rank(n, world_size)
+    return padded * batch_size
+
+
 def steps_per_epoch(n: int, batch_size: int, world_size: int, accumulate: int) -> int:
-    """Optimiser steps per epoch: Lightning steps after every ``accumulate`` batches and after an epoch's last
-    batch, so ``ceil(batches / accumulate)``. The trainer and the study planner both count with this."""
-    return math.ceil(batches_per_epoch(n, batch_size, world_size) / accumulate)
+    """Optimiser steps per epoch, ``ceil(batches / accumulate)``; the trainer and the study planner both count
+    with this."""
+    return batches_per_epoch(n, batch_size, world_size, accumulate) // accumulate
 
 
 def world_size(train: TrainConfig) -> int:

@@ -111,7 +111,8 @@ class _Data(L.LightningDataModule):
 
     def train_dataloader(self):
         t = self.trainer
-        loader = train_loader(self.train_ds, self.cfg.data, self.cfg.seed, t.global_rank, t.world_size)
+        loader = train_loader(self.train_ds, self.cfg.data, self.cfg.seed, t.global_rank, t.world_size,
+                              self.cfg.train.accumulate)
         loader.resume_at(t.global_step, self.cfg.train.accumulate)  # 0 on a fresh run
         return loader
 
