@@ -30,3 +30,37 @@ def test_bad_values_name_the_key(override, message):
 def test_missing_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match="nope.yaml"):
         load_run_config(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("override, value", [
+    ("logging.progress_bar=off", "off"),  # a string field keeps the YAML 1.1 word
+    ("logging.progress_bar=on", "on"),
+    ("data.flip=off", False),  # a bool field reads it as YAML does
+    ("data.photometric=yes", True),
+    ("tags.note=no", "no"),  # dict[str, str] values are strings
+    ("train.precision=32", "32"),  # a Literal of strings
+    ("train.devices=auto", "auto"),
+    ("train.devices=2", 2),
+    ("model.encoder.weights=none", "none"),
+])
+def test_override_values_are_read_against_the_field_type(override, value):
+    got = load_run_config(data=BASE, overrides=[override]).model_dump()
+    for part in override.split("=")[0].split("."):
+        got = got[part]
+    assert got == value and type(got) is type(value)
+
+
+def test_a_word_that_fits_no_field_type_is_quoted_as_written():
+    with pytest.raises(ConfigError, match=r"logging\.progress_bar: Input should be 'auto', 'on' or 'off' \(got 'yes'\)"):
+        load_run_config(data=BASE, overrides=["logging.progress_bar=yes"])
+
+
+def test_a_retired_key_is_refused_with_its_reason_but_dropped_from_a_stored_config(tmp_path):
+    import yaml
+
+    data = {**BASE, "eval": {"converge_fraction": 0.9}}
+    with pytest.raises(ConfigError, match=r"'eval\.converge_fraction' no longer exists: .*criterion.*remove it"):
+        load_run_config(data=data)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert load_run_config(path, stored=True).eval.converge_target is None  # an earlier run's file still reads

@@ -98,3 +98,21 @@ def test_failure_line_of_a_bare_traceback_or_an_empty_marker(tmp_path: Path):
     assert rd.failure_line() == "KeyError: 'k'"
     rd.failed_path.write_text("2026-01-01T00:00:00+00:00\n\n")
     assert rd.failure_line() == "(FAILED marker without a message)"
+
+
+# ----------------------------------------------------------------------------- what changes a result
+def test_operational_settings_do_not_change_the_result():
+    old = make_cfg()
+    new = make_cfg(**{"train.log_every": 10, "logging.progress_bar": "off", "data.num_workers": 0,
+                      "train.checkpoint_every": 7, "logging.tensorboard": True})
+    assert rd_mod.config_diff(old, new) and rd_mod.result_diff(old, new) == []
+    assert rd_mod.result_diff(old, make_cfg(**{"train.lr": 1e-3, "train.log_every": 10})) == ["train.lr"]
+
+
+def test_the_batch_split_is_operational_only_at_the_same_global_batch():
+    one = make_cfg(**{"data.batch_size": 8})
+    assert rd_mod.result_diff(one, make_cfg(**{"train.devices": 2, "data.batch_size": 4})) == []
+    assert rd_mod.result_diff(one, make_cfg(**{"train.devices": 2, "train.num_nodes": 2, "data.batch_size": 2})) == []
+    assert rd_mod.result_diff(one, make_cfg(**{"train.devices": 2, "data.batch_size": 8})) == ["train.devices"]
+    assert rd_mod.result_diff(one, make_cfg(**{"data.batch_size": 4, "train.accumulate": 2})) == []
+    assert rd_mod.result_diff(one, make_cfg(**{"data.batch_size": 8, "train.accumulate": 2})) == ["train.accumulate"]

@@ -87,9 +87,10 @@ def test_same_seed_is_identical_and_other_seed_differs(synth, tmp_path):
     assert not np.array_equal(cm_a, cm_c)
 
 
-def _cli(config: Path, runs_root: Path) -> subprocess.Popen:
+def _cli(config: Path, runs_root: Path, *overrides: str) -> subprocess.Popen:
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-    return subprocess.Popen([sys.executable, "-m", "encseg.cli", "train", str(config), "--runs-root", str(runs_root)],
+    return subprocess.Popen([sys.executable, "-m", "encseg.cli", "train", str(config), "--runs-root", str(runs_root),
+                             *overrides],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
 
@@ -114,9 +115,11 @@ def _cli_run(cfg: dict, tmp_path: Path, timeout: float) -> RunDir:
     return RunDir(next(p for p in (tmp_path / "runs").iterdir() if (p / "DONE").is_file()))
 
 
-def _kill_then_resume(cfg: dict, tmp_path: Path, ready, timeout: float) -> tuple[RunDir, RunDir]:
+def _kill_then_resume(cfg: dict, tmp_path: Path, ready, timeout: float,
+                      resume_overrides: tuple[str, ...] = ()) -> tuple[RunDir, RunDir]:
     """Run ``cfg`` once uninterrupted (the reference), then as a CLI process SIGKILLed as soon as ``ready(run_dir)``
-    holds, then resumed to the end. Returns (reference, resumed); their confusion matrices are already equal."""
+    holds, then resumed to the end (with ``resume_overrides`` on its command line). Returns (reference, resumed);
+    their confusion matrices are already equal."""
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(cfg))
     reference = RunDir(_run(cfg, tmp_path / "ref"))
@@ -131,7 +134,7 @@ def _kill_then_resume(cfg: dict, tmp_path: Path, ready, timeout: float) -> tuple
     proc.wait()
     assert not rd.is_done()
 
-    resumed = _cli(path, root)
+    resumed = _cli(path, root, *resume_overrides)
     out = _finish(resumed, timeout)
     assert resumed.returncode == 0, out[-3000:]
     assert "resuming" in out
@@ -146,6 +149,56 @@ def test_killed_run_resumes_to_the_same_result(synth, tmp_path):
     _, rd = _kill_then_resume(cfg, tmp_path, lambda rd: rd.last_ckpt.is_file(), timeout=300)
     hist = pd.read_csv(rd.history_path)
     assert not hist.duplicated(subset=["step", "val_miou"]).any()
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_under_operational_edits_to_the_same_result(synth, tmp_path):
+    cfg = tiny_config(synth, train={"max_iters": 30, "checkpoint_every": 5, "val_every": 15},
+                      logging={"progress_bar": "auto"})
+    reference, rd = _kill_then_resume(cfg, tmp_path, lambda rd: rd.last_ckpt.is_file(), timeout=300,
+                                      resume_overrides=("train.log_every=10", "logging.progress_bar=off"))
+    for name in ("synth.json", "val_confusion_last.npy"):
+        assert (rd.eval_dir / name).read_bytes() == (reference.eval_dir / name).read_bytes(), name
+    log = (rd.path / "train.log").read_text()
+    assert "resuming with operational changes" in log
+    assert "train.log_every: 5 -> 10" in log and "logging.progress_bar: 'auto' -> 'off'" in log
+    assert load_run_config(rd.config_path).train.log_every == 10  # the record follows the run
+
+
+def test_a_stored_run_is_reused_under_operational_edits_and_refused_under_others(synth, tmp_path):
+    rd = RunDir(_run(tiny_config(synth), tmp_path))
+    mtime = rd.done_path.stat().st_mtime
+    assert _run(tiny_config(synth, train={"log_every": 10}), tmp_path) == rd.path
+    assert rd.done_path.stat().st_mtime == mtime  # reused, not trained again
+    with pytest.raises(ConfigError, match=r"already holds a finished run with a different config \(train\.lr\)"):
+        _run(tiny_config(synth, train={"lr": 1e-3}), tmp_path)
+    rd.done_path.unlink()  # a partial run: the same rule
+    with pytest.raises(ConfigError, match=r"already holds a run with a different config \(train\.lr\)"):
+        train_mod.resume_check(rd, load_run_config(data=tiny_config(synth, train={"lr": 1e-3})))
+    previous, changes = train_mod.resume_check(rd, load_run_config(data=tiny_config(synth, train={"log_every": 10})))
+    assert previous == rd.read_config() and changes == ["train.log_every: 5 -> 10"]
+
+
+def test_a_resume_over_another_batch_split_must_keep_the_step_schedule(synth):
+    from encseg.engine.schedule import schedule
+
+    def cfg(devices: int, batch: int):
+        return load_run_config(data=tiny_config(synth, data={"batch_size": batch}, train={"devices": devices}))
+
+    one, two = cfg(1, 4), cfg(2, 2)
+    train_mod.check_same_schedule(one, two, 8, schedule(two, 8))  # 2 steps an epoch either way
+    with pytest.raises(ConfigError, match=r"changes the step schedule \(1 -> 2 steps per epoch"):
+        train_mod.check_same_schedule(one, two, 7, schedule(two, 7))  # 7 // 4 = 1, but 4 per rank // 2 = 2
+
+
+@pytest.mark.slow
+def test_validation_falls_on_optimiser_steps_under_accumulation(synth, tmp_path):
+    # 7 train images at batch 2: 3 batches an epoch, padded to 4 at accumulate 2, so 2 steps an epoch; counting
+    # batches over the unpadded epochs validated at steps 4 and 8 instead of 3, 6 and 9
+    cfg = tiny_config(synth, data={"batch_size": 2}, train={"accumulate": 2, "max_iters": 9, "val_every": 3})
+    hist = pd.read_csv(RunDir(_run(cfg, tmp_path)).history_path)
+    assert list(hist.dropna(subset=["val_miou"])["step"]) == [3, 6, 9]
+    assert hist["step"].max() == 9
 
 
 def _validated_past(step: int):

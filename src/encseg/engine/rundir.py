@@ -29,9 +29,10 @@ __all__ = ["RunDir", "run_id", "fraction_tag", "resolve_runs_root", "config_diff
 # config differs from a new one only here holds the same run, finished or not (a resume, a study's reuse).
 OPERATIONAL_KEYS = ("logging", "data.num_workers", "data.check", "train.log_every", "train.checkpoint_every",
                     "train.compile")
-# How one global batch is split over processes: operational while the global batch stays the same (the train
-# sampler then gives each optimiser step the same images); ``train`` also requires the same step schedule.
-BATCH_SPLIT_KEYS = ("train.devices", "train.num_nodes", "data.batch_size")
+# How one global batch is split over processes and accumulated micro-batches: operational while the global batch
+# stays the same (the train sampler then gives each optimiser step the same images); ``train`` also requires the
+# same step schedule.
+BATCH_SPLIT_KEYS = ("train.devices", "train.num_nodes", "data.batch_size", "train.accumulate")
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
