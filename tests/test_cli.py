@@ -18,7 +18,7 @@ import yaml
 from PIL import Image
 
 from encseg.cli import main
-from encseg.config import load_run_config
+from encseg.config_io import load_run_config
 from encseg.models.encoders import get_spec, list_encoders
 
 sys.path.insert(0, str(Path(__file__).parent / "engine"))

@@ -2,7 +2,8 @@
 
 import pytest
 
-from encseg.config import ConfigError, load_run_config, parse_overrides
+from encseg.config import ConfigError
+from encseg.config_io import load_run_config, parse_overrides
 
 BASE = {"data": {"dataset": {"root": "/data/x"}}}
 

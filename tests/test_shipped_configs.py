@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from encseg.config import DatasetConfig, RunConfig, load_run_config, read_yaml, validate
+from encseg.config import DatasetConfig, RunConfig
+from encseg.config_io import load_run_config, read_yaml, validate
 from encseg.data.taxonomy import shared_space
 from encseg.models.encoders import get_spec
 from encseg.study.cost import study_cost

@@ -187,7 +187,7 @@ def test_build_dataset_generates_synthetic_once_under_a_race(tmp_path):
 def test_example_dataset_configs_validate():
     from pathlib import Path
 
-    from encseg.config import read_yaml, validate
+    from encseg.config_io import read_yaml, validate
 
     configs = sorted(Path(__file__).parents[2].joinpath("configs", "datasets").glob("*.yaml"))
     formats = {validate(DatasetConfig, read_yaml(p), str(p)).format for p in configs}

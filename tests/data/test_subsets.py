@@ -97,7 +97,8 @@ def test_dev_split_is_disjoint_from_the_scored_split(synth):
 
 
 def test_dev_size_is_validated_in_the_config(tmp_path):
-    from encseg.config import ConfigError, load_run_config
+    from encseg.config import ConfigError
+    from encseg.config_io import load_run_config
 
     base = {"data": {"dataset": {"root": str(tmp_path), "dev_size": 1.5}}}
     with pytest.raises(ConfigError, match="dev_size"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from encseg.config import deep_merge
+from encseg.config_io import deep_merge
 
 TINY_MODEL: dict[str, Any] = {
     "encoder": {"name": "random_vitb16", "weights": "none",

@@ -106,7 +106,7 @@ def test_record_fields_follow_the_contract():
 def test_fixed_budget_runs_get_the_same_criterion_replayed_on_their_dev_curve(tmp_path):
     import pandas as pd
 
-    from encseg.config import load_run_config
+    from encseg.config_io import load_run_config
     from encseg.engine.finalize import convergence_record
 
     cfg = load_run_config(data={"data": {"dataset": {"root": str(tmp_path)}},

@@ -13,7 +13,8 @@ from _tiny import tiny_config
 from PIL import Image
 
 from encseg.cli import main
-from encseg.config import DatasetConfig, EvalConfig, load_run_config
+from encseg.config import DatasetConfig, EvalConfig
+from encseg.config_io import load_run_config
 from encseg.data.synthetic import class_names, write_synthetic
 from encseg.data.taxonomy import cross_dataset_luts
 from encseg.engine.evaluate import NOT_SHARED, evaluate

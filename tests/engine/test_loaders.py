@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from encseg.config import DataConfig, DatasetConfig, load_run_config
+from encseg.config import DataConfig, DatasetConfig
+from encseg.config_io import load_run_config
 from encseg.data.formats import build_dataset
 from encseg.data.synthetic import write_synthetic
 from encseg.engine.loaders import (

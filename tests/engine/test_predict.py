@@ -17,7 +17,7 @@ from _tiny import tiny_config
 from PIL import Image
 
 from encseg.cli import main
-from encseg.config import load_run_config
+from encseg.config_io import load_run_config
 from encseg.data.synthetic import write_synthetic
 from encseg.data.transforms import Normalize
 from encseg.engine.rundir import RunDir

@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from encseg.config import ConfigError, load_run_config
+from encseg.config import ConfigError
+from encseg.config_io import load_run_config
 from encseg.engine import rundir as rd_mod
 from encseg.engine.rundir import RunDir, fraction_tag, run_id
 

@@ -16,7 +16,8 @@ import pytest
 import yaml
 from _tiny import tiny_config
 
-from encseg.config import ConfigError, load_run_config
+from encseg.config import ConfigError
+from encseg.config_io import load_run_config
 from encseg.data.synthetic import write_synthetic
 from encseg.engine import train as train_mod
 from encseg.engine.loaders import ResumableLoader

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from encseg.atomic import atomic_save_npy, atomic_write_json, atomic_write_text
-from encseg.config import RunConfig, load_run_config
+from encseg.config import RunConfig
+from encseg.config_io import load_run_config
 from encseg.engine.rundir import RunDir, run_id
 
 CLASSES = ["background", "square", "circle", "triangle"]

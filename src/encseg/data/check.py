@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from encseg.config import DatasetConfig, read_yaml, validate
+from encseg.config import DatasetConfig
+from encseg.config_io import read_yaml, validate
 from encseg.data.formats import build_dataset
 from encseg.data.formats.base import IGNORE_INDEX, INDEX_MODES, DatasetError, SegDataset
 from encseg.errors import MissingFileError

@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from encseg.atomic import atomic_save_npy, atomic_write_json
-from encseg.config import DataConfig, DatasetConfig, EvalConfig, read_yaml, validate
+from encseg.config import DataConfig, DatasetConfig, EvalConfig
+from encseg.config_io import read_yaml, validate
 from encseg.data.formats.base import IGNORE_INDEX
 from encseg.data.taxonomy import cross_dataset_luts
 from encseg.engine.metrics import ConfusionMatrix, metrics_from_confusion, per_image_miou

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from encseg.atomic import atomic_write_text
-from encseg.config import ConfigError, RunConfig, dump_config, load_run_config
+from encseg.config import ConfigError, RunConfig
+from encseg.config_io import dump_config, load_run_config
 from encseg.engine.schedule import world_size
 from encseg.errors import InputError, MissingFileError
 

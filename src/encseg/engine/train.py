@@ -21,7 +21,8 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from encseg.atomic import atomic_write_json, atomic_write_text
-from encseg.config import ConfigError, RunConfig, dump_config, load_run_config
+from encseg.config import ConfigError, RunConfig
+from encseg.config_io import dump_config, load_run_config
 from encseg.engine.callbacks import (
     AtomicCheckpointIO,
     ConvergeStop,

@@ -25,7 +25,8 @@ from safetensors.torch import load_file, save
 from torch import Tensor, nn
 
 from encseg.atomic import atomic_write_bytes, atomic_write_text
-from encseg.config import ModelConfig, validate
+from encseg.config import ModelConfig
+from encseg.config_io import validate
 from encseg.data.transforms import IMAGE_PAD
 from encseg.errors import EncsegError, MissingFileError
 from encseg.models.encoders import build_encoder

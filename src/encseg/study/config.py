@@ -10,16 +10,8 @@ from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
-from encseg.config import (
-    DatasetConfig,
-    EncoderConfig,
-    HeadConfig,
-    NeckConfig,
-    RegimeConfig,
-    Strict,
-    deep_merge,
-    read_yaml,
-)
+from encseg.config import DatasetConfig, EncoderConfig, HeadConfig, NeckConfig, RegimeConfig, Strict
+from encseg.config_io import deep_merge, read_yaml
 
 # Keys of a cell's RunConfig that the study axes own; an ``overrides[].set`` on them would break the grid.
 STUDY_AXIS_KEYS = ("name", "tags", "seed", "data.dataset", "data.fraction", "data.subset_seed")

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from encseg.config import load_run_config, validate
+from encseg.config_io import load_run_config, validate
 from encseg.study.config import StudyConfig
 
 SIZE = 64

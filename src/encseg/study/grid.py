@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from encseg.config import ConfigError, DatasetConfig, RunConfig, deep_merge, read_yaml, regime_label, validate
+from encseg.config import ConfigError, DatasetConfig, RunConfig, regime_label
+from encseg.config_io import deep_merge, nest_key, read_yaml, validate
 from encseg.engine.rundir import RunDir, resolve_runs_root, result_diff, run_id
 from encseg.study.config import StudyConfig, StudyMatch
 
@@ -121,15 +122,8 @@ def _nest(dotted: dict[str, Any]) -> dict[str, Any]:
         parts = key.split(".")
         if not all(parts):
             raise ConfigError(f"override key {key!r} has an empty segment")
-        tree = deep_merge(tree, _nest_one(parts, value))
+        tree = deep_merge(tree, nest_key(key, value))
     return tree
-
-
-def _nest_one(parts: list[str], value: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {parts[-1]: value}
-    for p in reversed(parts[:-1]):
-        out = {p: out}
-    return out
 
 
 def _train_datasets(study: StudyConfig) -> list[DatasetConfig]:
