@@ -78,8 +78,8 @@ def _gain_claim(r: pd.Series, base: pd.Series | None, scale: float, recorded: bo
         detail.append("includes 0")
     elif not missing(r.get("gain_p_holm")):
         verdict = "significant" if r["gain_p_holm"] < 0.05 else "not significant"
-        detail.append(f"{verdict} after Holm's adjustment over the {family} gains stated here "
-                      f"({pvalue(r['gain_p_holm'], 'p')})")
+        detail.append(f"{verdict} after Holm's adjustment over the {family} gains stated here, "
+                      f"{pvalue(r['gain_p_holm'], 'p')}")
     b = base if base is not None else {}
     unknown = [r.get("n_converged_unknown"), b.get("n_converged_unknown")] if recorded else []
     detail += _flags([r["gain_n"]], [r.get("n_unconverged"), b.get("n_unconverged")], unknown)

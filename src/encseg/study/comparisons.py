@@ -151,11 +151,10 @@ def cells(g: Groups) -> Family:
     table = g.keys.assign(n=n, mean=mean, s2=s2, df_own=np.maximum(n - 1, 0))
     caps: dict[tuple, float] = {}
     for key, idx in g.members:
-        vals = g.values[idx]
-        own = idiosyncratic(vals) if len(idx) > 1 else s2[idx]
-        total = np.nanmean(s2[idx]) if np.isfinite(s2[idx]).any() else math.nan
-        shared = max(0.0, float(total - np.nanmean(own))) if len(idx) > 1 else 0.0
-        if np.isfinite(own).all():
+        own = idiosyncratic(g.values[idx]) if len(idx) > 1 else s2[idx]
+        if np.isfinite(own).all() and np.isfinite(s2[idx]).any():
+            # the cells' seed variance beyond their own is the per-seed effect they share
+            shared = max(0.0, float(np.nanmean(s2[idx]) - own.mean())) if len(idx) > 1 else 0.0
             cov = contrast_cov(np.eye(len(idx)), own, shared)
             _cap(caps, tuple(_key_dict(key)[c] for c in RUN_GROUP), effective_df(cov, _nu(n[idx])))
     return _moderate(table, caps)

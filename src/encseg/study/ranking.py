@@ -274,6 +274,9 @@ def cheapest_agreeing(st: Stability) -> CheapestAgreement:
     own = (s["train_dataset"] == s["eval_dataset"]) if "eval_dataset" in s else pd.Series(True, index=s.index)
     s = s.assign(_own=own).sort_values(["cost_s", "_own"], ascending=[False, False], kind="stable")
     ref = s.iloc[0]
+    if " > " not in str(ref["ranking"]):
+        return CheapestAgreement(ref["setting"], None, nan, nan, nan,
+                                 "it resolves none of its encoders at 95%, so there is no order to reproduce")
     cands = []
     for _, cand in s[s["cost_s"] < ref["cost_s"]].sort_values(["cost_s", "_own"], ascending=[True, False],
                                                               kind="stable").iterrows():
