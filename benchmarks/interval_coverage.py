@@ -165,7 +165,7 @@ def row(scenario: str, n: int, r: dict[str, float]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--studies", type=int, default=200, help="simulated studies per scenario and seed count")
+    ap.add_argument("--studies", type=int, default=150, help="simulated studies per scenario and seed count")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--seeds", default="2,3,5", help="seed counts, comma-separated")
     ap.add_argument("--scenarios", default=",".join(SCENARIOS))
