@@ -7,6 +7,8 @@ import pandas as pd
 import pytest
 from scipy.stats import kendalltau
 
+from encseg.study.brief import ranking_sentence
+from encseg.study.insights import Insights
 from encseg.study.ranking import (
     cheapest_agreeing,
     kendall_tau_b,
@@ -110,6 +112,11 @@ def test_a_tie_with_the_baseline_reads_the_gain_and_an_all_tied_ranking_has_no_t
     assert (p["tau_low"], p["tau_high"]) == (pytest.approx(-1.0), pytest.approx(1.0))
     c = cheapest_agreeing(st)
     assert c.reference == "100%" and c.setting is None and "resolves none" in c.reason
+    # the brief says the expensive setting resolves nothing; it does not claim cheaper settings disagree
+    ins = Insights(pd.DataFrame(), st, c, True, "random", "finetune")
+    text = ranking_sentence(ins)
+    assert "ranks random ≈ pre" in text and "It resolves none of its encoders" in text
+    assert "No cheaper setting ranks them the same" not in text
 
 
 def test_groups_are_cut_only_where_everything_above_is_resolved_from_everything_below():

@@ -137,6 +137,8 @@ def ranking_sentence(ins: Insights) -> str:
         cheap = st.settings[st.settings["setting"] == c.setting].iloc[0]
         return head + (f"The cheapest setting that ranks them the same is {c.setting} ({cheap['cost_s']:.0f} s "
                        f"per run; {tau}).")
+    if " > " not in str(ref["ranking"]):
+        return head + c.reason[0].upper() + c.reason[1:] + "."
     return head + ("No cheaper setting ranks them the same: " + c.reason
                    + (f" ({tau})." if not missing(c.tau) else "."))
 

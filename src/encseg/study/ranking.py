@@ -276,7 +276,7 @@ def cheapest_agreeing(st: Stability) -> CheapestAgreement:
     ref = s.iloc[0]
     if " > " not in str(ref["ranking"]):
         return CheapestAgreement(ref["setting"], None, nan, nan, nan,
-                                 "it resolves none of its encoders at 95%, so there is no order to reproduce")
+                                 "it resolves none of its encoders at 95%, so there is no order for a cheaper setting to reproduce")
     cands = []
     for _, cand in s[s["cost_s"] < ref["cost_s"]].sort_values(["cost_s", "_own"], ascending=[True, False],
                                                               kind="stable").iterrows():

@@ -228,7 +228,7 @@ def _figures(study_dir: Path, results, summary, per_class, histories) -> list[Im
     return [
         Image("mIoU vs labelled fraction", plots.plot_miou_vs_fraction(summary, d / "miou_vs_fraction.png"),
               "Mean over seeds; error bars = std; log x axis. Stars: where a series reaches the baseline's "
-              "mIoU at 100% (dotted line), horizontal bar = 95% seed-bootstrap interval; a left triangle: "
+              "mIoU at 100% (dotted line), horizontal bar = its 95% interval over training seeds (parametric bootstrap of the moderated cell means); a left triangle: "
               "reached already at the smallest fraction."),
         Image("Training loss", plots.plot_loss_curves(histories, d / "loss_curves.png"),
               "Mean over seeds; band = std."),
