@@ -121,9 +121,10 @@ def test_study_grid_is_six_encoders_by_five_fractions_by_three_seeds(dataset):
     assert len(runs) == 6 * 5 * 3
     cells = {(r.tags["encoder"], r.data.fraction, r.seed) for r in runs}
     assert cells == {(e, f, s) for e in LABELS for f in FRACTIONS for s in SEEDS}
-    assert study.baseline == "random"
+    assert (study.baseline.encoder, study.baseline.regime) == ("random", "finetune")
     assert {r.data.dataset.format for r in runs} == {REAL[dataset]}
-    assert len({r.data.subset_seed for r in runs}) == 1  # every encoder and seed sees the same subsets
+    # per-seed subsets: seed s draws its subsets with subset_seed s, the same for every encoder and fraction
+    assert all(r.data.subset_seed == r.seed for r in runs) and study.subset_seed == "per_seed"
     for r in runs:
         where = f"{study.name} cell {r.tags}"
         _check_recipe(r, dataset, where)
@@ -177,7 +178,7 @@ def test_one_week_study_fits_one_gpu_for_a_week(dataset):
     study = load_study(CONFIGS / "studies" / f"{dataset}_vitb_week.yaml")
     runs = expand(study)
     assert all(r.train.budget == "converge" and r.train.devices * r.train.num_nodes == 1 for r in runs)
-    assert study.slurm.gpus_per_node == 1 and study.baseline == "random"
+    assert study.slurm.gpus_per_node == 1 and study.baseline.label() == "random (finetune)"
     assert "random" in {r.tags["encoder"] for r in runs} and len({r.seed for r in runs}) >= 2
     cost = study_cost(study, runs)
     assert cost.unknown == 0

@@ -28,7 +28,7 @@ from encseg.errors import InputError, MissingFileError
 
 __all__ = [
     "atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_save_npy",
-    "atomic_save_fig", "read_json", "to_jsonable",
+    "atomic_save_npz", "atomic_save_fig", "read_json", "to_jsonable",
 ]
 
 
@@ -116,6 +116,12 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
 def atomic_save_npy(path: str | Path, array: np.ndarray) -> Path:
     arr = np.asarray(array)
     return atomic_write(path, lambda f: np.save(f, arr, allow_pickle=False))
+
+
+def atomic_save_npz(path: str | Path, **arrays: np.ndarray) -> Path:
+    """Several named arrays in one compressed ``.npz`` (read back with ``np.load(path, allow_pickle=False)``)."""
+    arrs = {k: np.asarray(v) for k, v in arrays.items()}
+    return atomic_write(path, lambda f: np.savez_compressed(f, **arrs))
 
 
 def atomic_save_fig(path: str | Path, fig: Any, **savefig_kwargs: Any) -> Path:

@@ -59,6 +59,12 @@ def test_eval_reproduces_the_runs_own_scores(run, capsys):
     assert ev["per_image_miou"] == run["own"]["per_image_miou"]
     assert ev["protocol"] == run["own"]["protocol"] and ev["cross"] is None
     np.testing.assert_array_equal(np.load(rd.confusion_npy("synth")), run["own_cm"])
+    # per-image areas beside the json: summed over the images they give the run's dataset mIoU
+    with np.load(rd.image_areas_npz("synth"), allow_pickle=False) as z:
+        inter, union = z["intersection"], z["union"]
+    assert inter.shape == (ev["num_images"], len(ev["classes"]))
+    iou = [i / u for i, u in zip(inter.sum(0), union.sum(0), strict=True) if u > 0]
+    assert np.mean(iou) == pytest.approx(ev["metrics"]["miou"])
     out = capsys.readouterr().out
     assert f"mIoU {ev['metrics']['miou']:.4f}" in out and str(rd.eval_json("synth")) in out
 

@@ -12,6 +12,7 @@ from encseg.engine.metrics import (
     ConfusionMatrix,
     confusion_from_labels,
     metrics_from_confusion,
+    per_image_areas,
     per_image_miou,
 )
 
@@ -202,6 +203,24 @@ def test_per_image_miou_matches_dataset_rule_per_image():
         assert scores[i] == pytest.approx(expected)
     single = per_image_miou(pred[0].numpy(), target[0].numpy(), 4)
     assert isinstance(single, float) and single == pytest.approx(scores[0])
+
+
+def test_per_image_areas_sum_to_the_dataset_confusion_scores():
+    gen = torch.Generator().manual_seed(7)
+    pred, target = random_maps(gen, 5, 4)
+    target[1, :3] = IGNORE
+    inter, union = per_image_areas(pred, target, 4, IGNORE)
+    assert inter.shape == union.shape == (5, 4) and inter.dtype == union.dtype == np.int64
+    m = metrics_from_confusion(confusion_from_labels(pred, target, 4, IGNORE).numpy())
+    pooled = inter.sum(0) / union.sum(0)  # every class present somewhere in this draw
+    assert np.nanmean(pooled) == pytest.approx(m["miou"])
+    # per image, the same areas give per_image_miou
+    with np.errstate(invalid="ignore", divide="ignore"):
+        own = np.nanmean(np.where(union > 0, inter / union, np.nan), axis=1)
+    assert own == pytest.approx(per_image_miou(pred, target, 4, IGNORE))
+    # a trailing NOT_SHARED class is not scored: its predictions only enlarge the other classes' unions
+    inter3, union3 = per_image_areas(pred, target, 4, IGNORE, n_scored=3)
+    assert (inter3 == inter[:, :3]).all() and (union3 == union[:, :3]).all()
 
 
 # ------------------------------------------------------------------------------------------- DDP

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from encseg.atomic import atomic_save_npy, atomic_write_json, atomic_write_text
+from encseg.atomic import atomic_save_npy, atomic_save_npz, atomic_write_json, atomic_write_text
 from encseg.config import RunConfig
 from encseg.config_io import load_run_config
 from encseg.engine.rundir import RunDir, run_id
@@ -38,6 +38,15 @@ def make_config(encoder: str = "random", regime: str = "finetune", train_dataset
     })
 
 
+def pooled_areas(miou: float, images: int = 20, shift: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image (intersection, union) of 2 classes, union 1000 per image, whose pooled mIoU is exactly ``miou``
+    (to 3 decimals); ``shift`` rolls the per-image pattern, so two runs differ image by image."""
+    pattern = np.roll(np.tile([30, -30, 10, -20, 20, -10], images)[:images], shift)
+    pattern[-1] -= pattern.sum()  # the offsets sum to 0: the pooled IoU is exact
+    base = round(miou * 1000)
+    return np.stack([base + pattern, base + np.roll(pattern, 1)], axis=1), np.full((images, 2), 1000)
+
+
 @dataclass
 class FakeEval:
     """One ``eval/<dataset>.json``; unset metrics derive from ``miou`` so every field is filled."""
@@ -51,6 +60,7 @@ class FakeEval:
     per_image_miou: list[float | None] | None = None
     confusion: np.ndarray | None = None  # default: diagonal-heavy counts; False-y to skip writing it
     write_confusion: bool = True
+    areas: tuple[np.ndarray, np.ndarray] | None = None  # per-image (intersection, union); None: no _areas.npz
     cross: dict | None = None
     protocol: dict = field(default_factory=lambda: {"mode": "whole", "crop": 64, "stride": None,
                                                      "flip": False, "scales": [1.0], "eval_size": 64})
@@ -134,6 +144,8 @@ def write_run(runs_root: str | Path, cfg: RunConfig, state: str = "done",
             "per_image_miou": ev.per_image_miou or [], "cross": ev.cross})
         if ev.write_confusion:
             atomic_save_npy(rd.confusion_npy(name), ev.confusion_matrix())
+        if ev.areas is not None:
+            atomic_save_npz(rd.image_areas_npz(name), intersection=ev.areas[0], union=ev.areas[1])
     atomic_write_json(rd.summary_path, summary if summary is not None else default_summary(cfg, rd.name))
     rd.mark_done()
     return rd.path

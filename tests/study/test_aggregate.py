@@ -14,9 +14,9 @@ from encseg.study.aggregate import (
     collect_histories,
     collect_incomplete,
     collect_per_class,
-    collect_per_image,
     collect_protocol,
     collect_results,
+    image_area_reader,
 )
 
 
@@ -25,7 +25,8 @@ def study(tmp_path):
     runs = tmp_path / "runs"
     for seed in (0, 1):
         write_run(runs, make_config("random", fraction=0.1, seed=seed),
-                  evals={"synth_a": FakeEval(0.40 + seed / 100, per_image_miou=[0.3, None, 0.5]),
+                  evals={"synth_a": FakeEval(0.40 + seed / 100, per_image_miou=[0.3, None, 0.5],
+                                             areas=(AREAS[0] + seed, AREAS[1] + seed)),
                          "synth_b": FakeEval(0.20, cross={"train_dataset": "synth_a",
                                                           "shared_classes": CLS})})
         write_run(runs, make_config("pretrained_b", fraction=0.1, seed=seed, weights="/w/b.safetensors"),
@@ -37,6 +38,7 @@ def study(tmp_path):
 
 
 CLS = ["background", "square"]
+AREAS = (np.array([[3, 0], [0, 0], [5, 1]]), np.array([[10, 2], [0, 0], [8, 4]]))  # 3 images x 2 classes
 
 
 def test_results_one_row_per_done_run_and_eval(study):
@@ -68,9 +70,12 @@ def test_failures_incomplete_and_long_tables(study):
     own = pc[(pc["encoder"] == "pretrained_b") & (pc["eval_dataset"] == "synth_a")]
     assert own.groupby("run_id")["iou"].mean().to_numpy() == pytest.approx([0.55, 0.55])
 
-    pi = collect_per_image(study)
-    assert len(pi) == 2 * 3  # only the random runs on synth_a saved per-image scores
-    assert np.isnan(pi.loc[pi["image"] == 1, "miou"]).all()  # null -> NaN, position kept
+    read = image_area_reader(study)
+    rid = collect_results(study).query("encoder == 'random' and seed == 1")["run_id"].iloc[0]
+    inter, union = read(rid, "synth_a")
+    assert inter.tolist() == (AREAS[0] + 1).tolist() and union.tolist() == (AREAS[1] + 1).tolist()
+    assert read(rid, "synth_b") is None  # a run whose evaluation stored no areas (an older run directory)
+    assert read("synth_a__random__finetune__f100__s0", "synth_a") is None  # not finished
 
     hist = collect_histories(study)
     assert set(hist["run_id"]) == set(collect_results(study)["run_id"])

@@ -111,7 +111,7 @@ def _capture(monkeypatch) -> list:
 
 def _tables(root):
     results = collect_results(root)
-    return add_convergence(summarize(results, per_image=None), results)
+    return add_convergence(summarize(results), results, "random", "finetune")
 
 
 def test_miou_plot_draws_unconverged_cells_hollow(study, monkeypatch, tmp_path):
@@ -149,7 +149,7 @@ def test_unrecorded_convergence_is_flagged_and_bad_values_are_named(tmp_path):
     res = collect_results(tmp_path)
     assert res["converged"].isna().all() and res["epochs_to_converge"].isna().all()
     assert res["budget"].iloc[0] == "iters" and res["max_iters"].iloc[0] == 100  # from config.yaml
-    s = add_convergence(summarize(res), res)
+    s = add_convergence(summarize(res), res, "random", "finetune")
     assert not s["all_converged"].any()  # not recorded counts as not converged
     text = write_report(tmp_path, n_boot=10).read_text()
     assert f"not recorded {DAGGER}" in text

@@ -10,8 +10,10 @@ from encseg.study.label_efficiency import (
     BY_SMALLEST,
     NOT_REACHED,
     REACHED,
+    _interval,
     _log_value,
     crossing,
+    draw_means,
     label_efficiency,
     log_crossings,
     summary_columns,
@@ -45,14 +47,15 @@ BASE = {0.1: [0.19, 0.21, 0.20], 0.25: [0.29, 0.31, 0.30], 0.5: [0.39, 0.41, 0.4
 
 
 def test_an_encoder_matching_the_baseline_at_exactly_25_percent():
-    # the same seed offsets in every cell: every seed resample crosses at exactly 25% too
     good = {0.1: [0.39, 0.41, 0.40], 0.25: [0.49, 0.51, 0.50], 0.5: [0.59, 0.61, 0.60], 1.0: [0.69, 0.71, 0.70]}
     eff = label_efficiency(table({("random", "finetune"): BASE, ("dino", "finetune"): good}), n_boot=300)
     r = row(eff, "dino")
     assert r["status"] == REACHED
     assert r["target_miou"] == pytest.approx(0.50) and r["reference_fraction"] == 1.0
     assert r["fraction"] == pytest.approx(0.25) and r["factor"] == pytest.approx(4.0)
-    assert (r["fraction_low"], r["fraction_high"]) == (pytest.approx(0.25), pytest.approx(0.25))
+    # seed sd 0.01 on a curve that rises 0.1 per step: the crossing is known to within the neighbouring steps
+    assert 0.1 < r["fraction_low"] < 0.25 < r["fraction_high"] < 0.5
+    assert r["factor_low"] == pytest.approx(1.0 / r["fraction_high"]) and "moderated" in r["interval_method"]
     assert r["n_seeds"] == 3 and r["n_boot_used"] == 300
     # the baseline against dino's 70% at 100%: never reached within the study, and not extrapolated
     back = row(eff, "random", "dino (finetune)")
@@ -87,16 +90,21 @@ def test_reached_at_the_smallest_fraction_is_a_bound_not_a_guess():
     assert r["fraction_low"] == 0.0 and r["factor_high"] == math.inf  # no lower bound inside the study
 
 
-def test_seed_bootstrap_interval_has_the_known_extremes():
-    # seeds 0 and 1 cross at 10 ** -0.25 and 10 ** -0.5 on their own; together at 10 ** (-1/3)
-    base = {1.0: [0.5, 0.5]}
-    enc = {0.1: [0.2, 0.4], 1.0: [0.6, 0.6]}
-    eff = label_efficiency(table({("random", "finetune"): base, ("dino", "finetune"): enc}), n_boot=2000)
-    r = row(eff, "dino")
-    assert r["fraction"] == pytest.approx(10 ** (-1 / 3))
-    assert r["fraction_low"] == pytest.approx(10 ** -0.5) and r["fraction_high"] == pytest.approx(10 ** -0.25)
-    assert r["factor_low"] == pytest.approx(10 ** 0.25) and r["factor_high"] == pytest.approx(10 ** 0.5)
-    assert r["n_seeds"] == 2
+def test_parametric_draws_follow_the_moderated_t():
+    rng_means = draw_means(np.array([0.5, 0.3, 0.7]), np.array([0.1, 0.02, np.nan]), np.array([np.inf, 5.0, 2.0]),
+                           n_boot=40_000, seed=0)
+    assert rng_means[0] == pytest.approx([0.5, 0.3, 0.7])  # row 0: the point estimate
+    assert rng_means[1:, 0].std() == pytest.approx(0.1, rel=0.02)  # normal where df is infinite
+    assert rng_means[1:, 1].var() == pytest.approx(0.02**2 * 5 / 3, rel=0.05)  # t(5): variance 5/3
+    assert np.isnan(rng_means[1:, 2]).all()  # no standard error: the cell cannot be drawn
+
+
+def test_interval_percentiles_keep_censoring():
+    logs = np.concatenate([np.full(30, -np.inf), np.log(np.linspace(0.2, 0.8, 940)), np.full(30, np.inf)])
+    low, high = _interval(logs, 0.95)
+    assert low == 0.0 and high == math.inf  # more than 2.5% censored on each side: no bound there
+    low, high = _interval(logs[30:-30], 0.95)
+    assert 0.2 < low < 0.25 and 0.75 < high < 0.8
 
 
 def test_censored_resamples_keep_their_meaning():
@@ -116,6 +124,8 @@ def test_no_100_percent_uses_the_largest_fraction_as_reference():
     assert r["reference_fraction"] == 0.5 and r["target_miou"] == pytest.approx(0.4)
     assert r["fraction"] == pytest.approx(0.1 * 5 ** (1 / 3))  # a third of the way from 0.3 to 0.6
     assert r["factor"] == pytest.approx(0.5 / r["fraction"]) and r["n_seeds"] == 1
+    # one seed per cell and no prior (no cell has a seed variance): the study cannot bound the fraction
+    assert math.isnan(r["fraction_low"]) and math.isnan(r["fraction_high"]) and r["n_boot_used"] == 0
 
 
 def test_claims_say_when_they_rest_on_unconverged_cells():
@@ -135,7 +145,7 @@ def test_claims_say_when_they_rest_on_unconverged_cells():
 def test_summary_gains_the_baseline_columns_and_bad_input_is_named():
     good = {0.1: [0.39, 0.41, 0.40], 0.25: [0.49, 0.51, 0.50], 1.0: [0.69, 0.71, 0.70]}
     results = table({("random", "finetune"): BASE, ("dino", "finetune"): good})
-    out = summary_columns(summarize(results), label_efficiency(results, n_boot=10), "random")
+    out = summary_columns(summarize(results), label_efficiency(results, n_boot=10), "random", "finetune")
     dino = out[out["encoder"] == "dino"]
     assert len(dino) == 3 and (dino["le_status"] == REACHED).all()
     assert dino["le_factor"].to_numpy() == pytest.approx([4.0] * 3)

@@ -58,7 +58,7 @@ def _runs(tmp_path: Path) -> dict[str, RunDir]:
 
 def test_one_failing_cell_is_recorded_and_the_others_finish(tmp_path, fake_env, monkeypatch, capsys):
     path = _write_study(tmp_path)
-    bad = "synth_a__other__finetune__f050__s1"
+    bad = "synth_a__other__finetune__f050__ss1__s1"  # per-seed subsets: subset_seed 1
     monkeypatch.setenv("FAKE_TRAIN_FAIL", bad)
     monkeypatch.setattr(launch, "_default_train", lambda: fake_train)  # what `encseg study run` calls
 
@@ -182,7 +182,7 @@ def test_dry_run_writes_nothing_and_names_what_would_run(tmp_path, fake_env, cap
     summary = run_study(path, launcher="slurm", dry_run=True)
     out = capsys.readouterr().out
     assert "would resume synth_a__other__finetune__f100__s0" in out
-    assert "would train  synth_a__random__finetune__f100__s1" in out and "'gpus_per_node': 1" in out
+    assert "would train  synth_a__random__finetune__f100__ss1__s1" in out and "'gpus_per_node': 1" in out
     assert summary["skipped"] == ["synth_a__random__finetune__f100__s0"] and len(summary["todo"]) == 3
     assert len(read_log(fake_env)) == 4  # only the first, real run trained
 

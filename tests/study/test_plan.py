@@ -91,6 +91,33 @@ def test_same_label_with_two_regimes_and_base_config_paths(tmp_path):
     assert [r.model_dump() for r in expand(again)] == [r.model_dump() for r in runs]
 
 
+def test_per_seed_subsets_are_the_default_nested_and_shared_by_the_encoders_of_a_seed(tmp_path):
+    from encseg.data.subsets import subset_indices
+
+    runs = expand(load_study(_write(tmp_path, _study(tmp_path, exclude=[]))))
+    assert all(r.data.subset_seed == r.seed for r in runs)
+    images = {(r.tags["encoder"], r.data.fraction, r.seed): set(subset_indices(200, r.data.fraction, r.data.subset_seed,
+                                                                              r.data.dataset.dev_size))
+              for r in runs}
+    for seed in (0, 1):
+        assert images[("random", 0.1, seed)] == images[("pretrained_b", 0.1, seed)]  # paired runs: same images
+        assert images[("random", 0.1, seed)] < images[("random", 1.0, seed)]  # nested across fractions
+    assert images[("random", 0.1, 0)] != images[("random", 0.1, 1)]  # the seeds sample the subset too
+    # an int keeps one subset for every seed (and the run ids of studies written before per-seed subsets)
+    one = expand(load_study(_write(tmp_path, _study(tmp_path, subset_seed=0))))
+    assert {r.data.subset_seed for r in one} == {0} and all("__ss" not in run_id(r) for r in one)
+
+
+def test_baseline_is_an_encoder_and_a_regime(tmp_path):
+    study = load_study(_write(tmp_path, _study(tmp_path, baseline={"encoder": "pretrained_b", "regime": "frozen"})))
+    assert study.baseline.label() == "pretrained_b (frozen)" and len(expand(study)) == 7
+    short = load_study(_write(tmp_path, _study(tmp_path, baseline="random")))
+    assert (short.baseline.encoder, short.baseline.regime) == ("random", "finetune")  # the shorthand
+    wrong = load_study(_write(tmp_path, _study(tmp_path, baseline={"encoder": "pretrained_b"})))
+    with pytest.raises(ConfigError, match=r"baseline pretrained_b \(finetune\) is not a cell.*trained as frozen"):
+        expand(wrong)
+
+
 @pytest.mark.parametrize("change, expected", [
     ({"fractons": [0.5]}, ["unknown key 'fractons'", "did you mean 'fractions'"]),
     ({"encoders": [{"label": "random", "encoder": {"wieghts": "none"}}]},
@@ -98,6 +125,7 @@ def test_same_label_with_two_regimes_and_base_config_paths(tmp_path):
     ({"slurm": {"gpus_pernode": 2}}, ["slurm.gpus_pernode", "did you mean 'gpus_per_node'"]),
     ({"fractions": [0.1, 1.5]}, ["fractions", "(0, 1]"]),
     ({"baseline": "scratch"}, ["baseline 'scratch'", "random, pretrained_b"]),
+    ({"baseline": {"encoder": "random", "regim": "frozen"}}, ["baseline.regim", "did you mean 'regime'"]),
     ({"overrides": [{"match": {}, "set": {"seed": 3}}]}, ["overrides cannot set 'seed'"]),
 ])
 def test_study_schema_errors_name_the_key(tmp_path, change, expected):

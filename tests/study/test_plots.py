@@ -9,8 +9,8 @@ from encseg.study.aggregate import (
     collect_confusions,
     collect_histories,
     collect_per_class,
-    collect_per_image,
     collect_results,
+    image_area_reader,
 )
 from encseg.study.stats import summarize
 
@@ -28,7 +28,7 @@ def tables(tmp_path_factory):
                           evals={"synth_a": FakeEval(m, per_image_miou=[m, m + 0.1]),
                                  "synth_b": FakeEval(m - 0.2)})
     results = collect_results(root)
-    return {"results": results, "summary": summarize(results, per_image=collect_per_image(root), n_boot=100),
+    return {"results": results, "summary": summarize(results, image_areas=image_area_reader(root), n_boot=100),
             "per_class": collect_per_class(root), "histories": collect_histories(root), "root": root}
 
 

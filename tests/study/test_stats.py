@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from encseg.study.stats import bootstrap_ci, describe, paired_test, summarize
+from encseg.study import moderation
+from encseg.study.stats import describe, holm, paired_test, summarize
 
 # Student-t quantiles t_{0.975, df} in closed form: df=1 is the Cauchy distribution, df=2 has
 # F(t) = 1/2 + t / (2 sqrt(2 + t^2)); df=3 from printed tables.
@@ -94,33 +95,7 @@ def test_paired_test_small_n_and_degenerate_cases():
         paired_test([0.1, 0.2], [0.1])
 
 
-def test_bootstrap_two_images_percentiles_are_the_two_differences():
-    # with two images the resampled mean is d1 (p=1/4), (d1+d2)/2 (p=1/2) or d2 (p=1/4):
-    # the 2.5% and 97.5% percentiles are d1 and d2
-    r = bootstrap_ci([0.5, 0.9], [0.4, 0.6], n=4000, seed=1)  # d = 0.1, 0.3
-    assert r.n_images == 2 and r.mean_diff == pytest.approx(0.2)
-    assert r.ci_low == pytest.approx(0.1) and r.ci_high == pytest.approx(0.3)
-
-
-def test_bootstrap_matches_normal_approximation_and_is_deterministic():
-    rng = np.random.default_rng(0)
-    b = rng.uniform(0.3, 0.7, 400)
-    d = rng.normal(0.05, 0.1, 400)
-    a = b + d
-    r = bootstrap_ci(a, b, n=4000, seed=3)
-    se = d.std(ddof=0) / math.sqrt(400)  # the bootstrap's standard error of a mean
-    assert r.mean_diff == pytest.approx(d.mean())
-    assert r.ci_low == pytest.approx(d.mean() - 1.96 * se, abs=0.25 * se)
-    assert r.ci_high == pytest.approx(d.mean() + 1.96 * se, abs=0.25 * se)
-    assert bootstrap_ci(a, b, n=4000, seed=3) == r
-    # constant difference: no uncertainty at all; NaN images are dropped
-    c = bootstrap_ci([0.5, 0.6, np.nan, 0.8], [0.4, 0.5, 0.1, 0.7], n=500)
-    assert c.n_images == 3 and c.ci_low == pytest.approx(0.1) and c.ci_high == pytest.approx(0.1)
-    with pytest.raises(ValueError, match="same images"):
-        bootstrap_ci([0.1, 0.2], [0.1])
-
-
-def _table():
+def _table(head: str = "mask2former"):
     """random: 3 seeds per fraction; pre: seeds 0,1 only at 10% (n paired = 2), 3 seeds at 100%."""
     rows = []
     values = {
@@ -129,7 +104,8 @@ def _table():
     }
     for (enc, frac), mious in values.items():
         for seed, m in enumerate(mious):
-            rows.append({"run_id": f"{enc}_{frac}_{seed}", "encoder": enc, "regime": "finetune",
+            rows.append({"run_id": f"{enc}_{frac}_{seed}_{head}", "encoder": enc, "regime": "finetune",
+                         "head": head,
                          "train_dataset": "a", "eval_dataset": "a", "cross": False, "fraction": frac,
                          "seed": seed, "subset_seed": 0, "miou": m, "macc": m + 0.1, "aacc": m + 0.2,
                          "fwiou": m, "epochs_to_converge": 10.0 + seed, "time_to_converge_s": 1.0,
@@ -138,12 +114,12 @@ def _table():
     return pd.DataFrame(rows)
 
 
-def test_summarize_means_cis_and_paired_gain():
+def test_summarize_gains_without_a_prior_are_the_plain_paired_t():
+    """Two gains are too few to fit a prior: each keeps its own t interval and test (and says so)."""
     s = summarize(_table(), baseline="random").set_index(["encoder", "fraction"])
     base = s.loc[("random", 0.1)]
     assert base["n_seeds"] == 3 and base["miou_mean"] == pytest.approx(0.52)
     assert base["miou_std"] == pytest.approx(0.02)  # deviations -0.02, 0.02, 0 -> var 0.0004
-    assert base["miou_ci_high"] == pytest.approx(0.52 + T975_DF2 * 0.02 / math.sqrt(3))
     assert base["macc_mean"] == pytest.approx(0.62) and base["epochs_to_converge_mean"] == pytest.approx(11.0)
     assert base["gain_note"] == "baseline" and math.isnan(base["gain_miou"])
 
@@ -153,8 +129,8 @@ def test_summarize_means_cis_and_paired_gain():
     sd = math.sqrt(2 * 0.01**2)
     assert small["gain_ci_low"] == pytest.approx(0.11 - T975_DF1 * sd / math.sqrt(2))
     t = 0.11 / (sd / math.sqrt(2))
-    # df = 1: two-sided p = 1 - 2 atan(|t|) / pi
-    assert small["gain_p_ttest"] == pytest.approx(1 - 2 * math.atan(t) / math.pi)
+    assert small["gain_p"] == pytest.approx(1 - 2 * math.atan(t) / math.pi)  # df = 1
+    assert small["gain_df"] == 1 and "Student t" in small["gain_method"] and "at least 3" in small["gain_method"]
     # the baseline columns describe the paired runs (seeds 0 and 1), not all three baseline seeds
     assert small["baseline_miou_mean"] == pytest.approx(0.52)
     assert small["baseline_miou_std"] == pytest.approx(math.sqrt(0.0008))
@@ -164,36 +140,106 @@ def test_summarize_means_cis_and_paired_gain():
     mean = sum(d) / 3
     sd3 = math.sqrt(sum((x - mean) ** 2 for x in d) / 2)
     assert full["gain_miou"] == pytest.approx(mean)
-    assert full["gain_p_ttest"] == pytest.approx(_p_two_sided_df2(mean / (sd3 / math.sqrt(3))), rel=1e-6)
-    assert math.isnan(full["gain_boot_low"])  # no per-image scores given
+    assert full["gain_p"] == pytest.approx(_p_two_sided_df2(mean / (sd3 / math.sqrt(3))), rel=1e-6)
+    assert math.isnan(full["gain_boot_low"]) and full["gain_boot_note"] == "no per-image areas given"
 
 
-def test_baseline_columns_describe_the_runs_the_gain_pairs_with():
-    """The baseline has a third seed the encoder lacks: mean - baseline mean must still equal the gain."""
+def test_summarize_cell_means_are_moderated_across_the_cells():
+    s = summarize(_table(), baseline="random").set_index(["encoder", "fraction"])
+    var = {("random", 0.1): 0.0004, ("random", 1.0): 0.0001, ("pre", 0.1): 0.0018, ("pre", 1.0): 0.07 ** 2 / 21}
+    n = {("random", 0.1): 3, ("random", 1.0): 3, ("pre", 0.1): 2, ("pre", 1.0): 3}
+    prior = moderation.fit_prior(np.array(list(var.values())), np.array([n[k] - 1 for k in var]),
+                                 df_pooled=float(s["miou_df"].iloc[0]))
+    assert prior.fitted and "moderated" in s["miou_ci_method"].iloc[0]
+    post, df = moderation.moderate(np.array(list(var.values())), np.array([n[k] - 1.0 for k in var]), prior)
+    for (key, v), p, d in zip(var.items(), post, df, strict=True):
+        row = s.loc[key]
+        assert row["miou_std"] == pytest.approx(math.sqrt(v))  # the cell's own std is still reported
+        half = moderation.t_quantile(d, 0.95) * math.sqrt(p / n[key])
+        assert row["miou_ci_high"] - row["miou_mean"] == pytest.approx(half)
+
+
+def _many_gains(n_seeds=3, offsets=(0.0, 0.01, -0.01)):
+    """A baseline and 4 encoders at one fraction; encoder e gains 0.05 * e with its own seed noise."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for e in range(5):
+        for seed in range(n_seeds):
+            rows.append({"run_id": f"e{e}_{seed}", "encoder": "random" if e == 0 else f"e{e}", "regime": "finetune",
+                         "head": "mask2former", "train_dataset": "a", "eval_dataset": "a", "fraction": 1.0,
+                         "seed": seed, "subset_seed": seed,
+                         "miou": 0.5 + 0.05 * e + offsets[seed % len(offsets)] + 0.01 * rng.standard_normal()})
+    return pd.DataFrame(rows)
+
+
+def test_moderated_gains_borrow_degrees_of_freedom_from_the_other_gains():
+    table = _many_gains()
+    s = summarize(table, baseline="random").set_index("encoder")
+    gains = s.drop(index="random")
+    assert "moderated" in gains["gain_method"].iloc[0]
+    assert (gains["gain_df"] > 2).all()  # more than the 2 of each gain's own seeds ...
+    assert (gains["gain_df"] <= 4 * 2).all()  # ... never more than the group's (k - 1)(n - 1) residual df
+    own_widths = []
+    for enc, r in gains.iterrows():
+        own = paired_test(table[table["encoder"] == enc]["miou"], table[table["encoder"] == "random"]["miou"])
+        assert r["gain_miou"] == pytest.approx(own.mean_diff)
+        own_widths.append(own.ci_high - own.ci_low)
+        half = moderation.t_quantile(r["gain_df"], 0.95) * r["gain_std_moderated"] / math.sqrt(3)
+        assert r["gain_ci_high"] - r["gain_miou"] == pytest.approx(half)
+        assert r["gain_p"] == pytest.approx(moderation.t_pvalue(r["gain_miou"] / (r["gain_std_moderated"] / math.sqrt(3)),
+                                                                r["gain_df"]))
+    # shrinking towards the shared variance: narrower on average (a gain with a lucky small variance widens)
+    assert (gains["gain_ci_high"] - gains["gain_ci_low"]).mean() < np.mean(own_widths)
+
+
+def test_one_seed_cells_get_the_prior_and_missing_seeds_pair_what_is_there():
+    table = _many_gains()
+    table = table[~((table["encoder"] == "e1") & (table["seed"] > 0))]  # e1 has seed 0 only
+    table = table[~((table["encoder"] == "e2") & (table["seed"] == 2))]  # e2 lacks seed 2
+    s = summarize(table, baseline="random").set_index("encoder")
+    one = s.loc["e1"]
+    assert one["gain_n"] == 1 and math.isnan(one["gain_std"]) and "prior" in one["gain_note"]
+    assert one["gain_ci_low"] < one["gain_miou"] < one["gain_ci_high"]  # an interval from the prior alone
+    assert one["n_seeds"] == 1 and math.isfinite(one["miou_ci_low"])
+    assert s.loc["e2", "gain_n"] == 2
+
+
+def test_head_is_part_of_the_cell_and_of_the_baseline_match():
+    table = pd.concat([_table("mask2former"), _table("linear")], ignore_index=True)
+    table.loc[table["head"] == "linear", "miou"] -= 0.2
+    s = summarize(table, baseline="random")
+    assert len(s) == 8 and set(s["head"]) == {"mask2former", "linear"}
+    lin = s[(s["head"] == "linear") & (s["encoder"] == "random") & (s["fraction"] == 0.1)].iloc[0]
+    assert lin["miou_mean"] == pytest.approx(0.32)  # not averaged with the Mask2Former cell
+    gain = s[(s["head"] == "linear") & (s["encoder"] == "pre") & (s["fraction"] == 0.1)].iloc[0]
+    assert gain["gain_miou"] == pytest.approx(0.11) and gain["baseline_miou_mean"] == pytest.approx(0.32)
+    no_head = summarize(_table().drop(columns=["head"]), baseline="random")
+    assert set(no_head["head"]) == {"mask2former"}
+
+
+def test_baseline_regime_is_a_setting():
     table = _table()
-    table.loc[(table["encoder"] == "random") & (table["fraction"] == 0.1) & (table["seed"] == 2), "miou"] = 0.90
-    s = summarize(table, baseline="random").set_index(["encoder", "fraction"])
-    row = s.loc[("pre", 0.1)]
-    assert row["gain_n"] == 2 and row["baseline_miou_mean"] == pytest.approx(0.52)
-    assert row["miou_mean"] - row["baseline_miou_mean"] == pytest.approx(row["gain_miou"])
-    assert s.loc[("random", 0.1), "baseline_miou_mean"] == pytest.approx((0.50 + 0.54 + 0.90) / 3)  # itself
+    frozen = table[table["encoder"] == "random"].assign(regime="frozen", miou=lambda d: d["miou"] - 0.1,
+                                                        run_id=lambda d: d["run_id"] + "_frozen")
+    table = pd.concat([table, frozen], ignore_index=True)
+    s = summarize(table, baseline="random", baseline_regime="frozen").set_index(["encoder", "regime", "fraction"])
+    assert s.loc[("random", "frozen", 0.1), "gain_note"] == "baseline"
+    assert s.loc[("random", "finetune", 0.1), "gain_miou"] == pytest.approx(0.1)
+    assert s.loc[("pre", "finetune", 1.0), "baseline"] == "random (frozen)"
 
 
-def test_summarize_bootstrap_and_missing_baseline():
+def test_summarize_missing_baseline_and_columns():
     table = _table()
-    per_image = []
-    for rid in table["run_id"]:
-        offset = 0.1 if rid.startswith("pre") else 0.0
-        per_image += [{"run_id": rid, "eval_dataset": "a", "image": i, "miou": 0.5 + offset + 0.01 * i}
-                      for i in range(5)]
-    s = summarize(table, per_image=pd.DataFrame(per_image), n_boot=300).set_index(["encoder", "fraction"])
-    row = s.loc[("pre", 0.1)]
-    # every image gains exactly 0.1 -> a degenerate interval at 0.1
-    assert row["gain_boot_images"] == 5
-    assert row["gain_boot_low"] == pytest.approx(0.1) and row["gain_boot_high"] == pytest.approx(0.1)
-
     no_base = summarize(table[table["encoder"] == "pre"], baseline="random")
     assert no_base["gain_miou"].isna().all()
     assert no_base["gain_note"].str.contains("no random").all()
     with pytest.raises(ValueError, match="miou"):
         summarize(table.drop(columns=["miou"]))
+
+
+def test_holm_step_down_by_hand():
+    p = np.array([0.01, 0.04, 0.03, np.nan, 0.5])
+    # sorted 0.01, 0.03, 0.04, 0.5 with m = 4: 0.04, 0.09, max(0.09, 0.08) = 0.09, max(0.09, 0.5) = 0.5
+    assert holm(p)[[0, 2, 1, 4]] == pytest.approx([0.04, 0.09, 0.09, 0.5])
+    assert math.isnan(holm(p)[3])
+    assert holm(np.array([0.6, 0.7])) == pytest.approx([1.0, 1.0])  # capped at 1

@@ -23,12 +23,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from encseg.atomic import atomic_save_npy, atomic_write_json
+from encseg.atomic import atomic_save_npy, atomic_save_npz, atomic_write_json
 from encseg.config import DataConfig, DatasetConfig, EvalConfig
 from encseg.config_io import read_yaml, validate
 from encseg.data.formats.base import IGNORE_INDEX
 from encseg.data.taxonomy import cross_dataset_luts
-from encseg.engine.metrics import ConfusionMatrix, metrics_from_confusion, per_image_miou
+from encseg.engine.metrics import ConfusionMatrix, metrics_from_confusion, per_image_areas, per_image_miou
 from encseg.engine.rundir import RunDir
 from encseg.errors import InputError, MissingFileError
 
@@ -46,6 +46,7 @@ class EvalResult:
     per_image_miou: list[float] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
     cross: dict | None = None
+    image_areas: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)  # per batch (inter, union)
 
 
 def protocol(e: EvalConfig, data: DataConfig) -> dict:
@@ -114,7 +115,7 @@ def evaluate(segmenter, loader, e: EvalConfig, crop_size: int, class_names: list
     n_scored = len(class_names)
     lg = None if lut_gt is None else _index_map(lut_gt, IGNORE_INDEX, n_scored, None, "ground-truth").to(device)
     lp, cm, n = None, None, n_scored
-    per_image, files = [], []
+    per_image, files, areas = [], [], []
     it = loader
     if progress:
         from tqdm import tqdm
@@ -141,6 +142,7 @@ def evaluate(segmenter, loader, e: EvalConfig, crop_size: int, class_names: list
             target = lg[target]
         cm.update(pred, target)
         per_image.extend(per_image_miou(pred, target, n, n_scored=n_scored))
+        areas.append(per_image_areas(pred, target, n, n_scored=n_scored))
         files.extend(batch.get("path", []))
     if cm is None:
         raise ValueError(f"no images to evaluate in {dataset} ({split})")
@@ -148,22 +150,34 @@ def evaluate(segmenter, loader, e: EvalConfig, crop_size: int, class_names: list
     names = list(class_names) + [NOT_SHARED] * (n - n_scored)
     return EvalResult(dataset=dataset, split=split, classes=names, confusion=confusion,
                       metrics=_scored_metrics(confusion, names, n_scored), per_image_miou=per_image,
-                      files=files)
+                      files=files, image_areas=areas)
 
 
 def write_eval(rundir: RunDir, result: EvalResult, proto: dict, path: Path | None = None) -> Path:
-    """``eval/<dataset>.json`` + ``eval/<dataset>_confusion.npy``, or ``path`` and its ``_confusion.npy``."""
+    """``eval/<dataset>.json`` + ``_confusion.npy`` + ``_areas.npz``, or ``path`` and its siblings."""
     if path is None:
         path, npy = rundir.eval_json(result.dataset), rundir.confusion_npy(result.dataset)
+        npz = rundir.image_areas_npz(result.dataset)
     else:
-        npy = path.with_name(f"{path.stem}_confusion.npy")
+        npy, npz = path.with_name(f"{path.stem}_confusion.npy"), path.with_name(f"{path.stem}_areas.npz")
     atomic_save_npy(npy, result.confusion)
+    write_image_areas(npz, result)
     atomic_write_json(path, {
         "dataset": result.dataset, "split": result.split, "num_images": len(result.per_image_miou),
         "classes": result.classes, "protocol": proto, "metrics": result.metrics,
         "per_image_miou": result.per_image_miou, "files": result.files, "cross": result.cross,
     })
     return path
+
+
+def write_image_areas(path: Path, result: EvalResult) -> Path | None:
+    """``<dataset>_areas.npz``: ``intersection`` and ``union`` (images x scored classes, int64), in the order of
+    ``files``; the study's image bootstrap recomputes dataset mIoU from them (docs/architecture.md)."""
+    if not result.image_areas:
+        return None
+    inter = np.concatenate([a for a, _ in result.image_areas])
+    union = np.concatenate([u for _, u in result.image_areas])
+    return atomic_save_npz(path, intersection=inter, union=union)
 
 
 # -------------------------------------------------------------------------------------------------- CLI

@@ -35,7 +35,7 @@ from torchmetrics import Metric
 
 from encseg.data.formats.base import IGNORE_INDEX
 
-__all__ = ["ConfusionMatrix", "confusion_from_labels", "metrics_from_confusion", "per_image_miou"]
+__all__ = ["ConfusionMatrix", "confusion_from_labels", "metrics_from_confusion", "per_image_areas", "per_image_miou"]
 
 
 def _check_labels(preds: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int) -> None:
@@ -196,3 +196,22 @@ def per_image_miou(pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.nd
     iou = torch.where(union > 0, tp / union.clamp_min(1), torch.nan)
     scores = torch.nanmean(iou, dim=1).cpu().tolist()
     return scores[0] if single else scores
+
+
+def per_image_areas(pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray, num_classes: int,
+                    ignore_index: int = IGNORE_INDEX, n_scored: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per image and scored class: (intersection, union) pixel counts, int64 arrays of shape (B, n_scored).
+
+    Summed over any set of images they give that set's dataset-level IoU (``intersection / union``, undefined
+    where the union is 0), which is what the study's image bootstrap resamples. ``n_scored`` as in
+    ``per_image_miou``; a trailing ``NOT_SHARED`` column only adds to the unions of the classes it confuses.
+    """
+    pred_t = torch.as_tensor(pred)
+    target_t = torch.as_tensor(target).to(pred_t.device)
+    if target_t.dim() == 2:
+        pred_t, target_t = pred_t.unsqueeze(0), target_t.unsqueeze(0)
+    cms = confusion_from_labels(pred_t, target_t, num_classes, ignore_index, per_image=True)
+    k = num_classes if n_scored is None else n_scored
+    tp = torch.diagonal(cms, dim1=1, dim2=2)[:, :k]
+    union = cms.sum(dim=2)[:, :k] + cms.sum(dim=1)[:, :k] - tp
+    return tp.cpu().numpy().astype(np.int64), union.cpu().numpy().astype(np.int64)

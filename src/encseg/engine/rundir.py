@@ -159,6 +159,9 @@ class RunDir:
     def confusion_npy(self, dataset_name: str) -> Path:
         return self.eval_dir / f"{_checked_dataset_name(dataset_name)}_confusion.npy"
 
+    def image_areas_npz(self, dataset_name: str) -> Path:
+        return self.eval_dir / f"{_checked_dataset_name(dataset_name)}_areas.npz"
+
     # markers
     def is_done(self) -> bool:
         return self.done_path.is_file()

@@ -202,7 +202,7 @@ def build_model(cfg: RunConfig):
 
     full = build_dataset(cfg.data.dataset, cfg.data.dataset.train_split)
     img_size = cfg.model.encoder.img_size or cfg.data.crop_size
-    return full, build_segmenter(cfg.model, num_classes=len(full.classes), img_size=img_size)
+    return full, build_segmenter(cfg.model, num_classes=len(full.classes), img_size=img_size, seed=cfg.seed)
 
 
 def write_subset(rd: RunDir, cfg: RunConfig, full, idx: list[int], dev_idx: list[int]) -> None:

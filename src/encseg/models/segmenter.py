@@ -19,6 +19,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save
@@ -156,11 +157,23 @@ class Segmenter(nn.Module):
             self.train(was_training)
 
 
-def build_segmenter(model: ModelConfig, num_classes: int, img_size: int) -> Segmenter:
+def neck_head_seed(seed: int) -> int:
+    """The torch seed that neck and head are initialised from, derived from the run's seed alone."""
+    return int(np.random.SeedSequence([seed, 0x6E6B]).generate_state(1)[0])
+
+
+def build_segmenter(model: ModelConfig, num_classes: int, img_size: int, seed: int | None = None) -> Segmenter:
     """Encoder (with its weights) + neck + head for ``num_classes`` classes, with ``model.regime`` applied.
     The ``linear`` head reads the encoder's last tap directly (no neck). ``img_size`` is the training crop; it
-    sizes the encoder's positional table only for a random init (a checkpoint keeps its own grid)."""
+    sizes the encoder's positional table only for a random init (a checkpoint keeps its own grid).
+
+    With ``seed``, torch's global generator is reseeded (``neck_head_seed``) after the encoder is built: how many
+    random numbers an encoder's initialisation draws depends on its architecture, so without the reseed two
+    encoders' runs of one seed would start from different neck and head weights (and training randomness). With
+    it, paired runs share everything but the encoder."""
     encoder = build_encoder(model.encoder, math.ceil(img_size / SIZE_DIVISOR) * SIZE_DIVISOR)
+    if seed is not None:
+        torch.manual_seed(neck_head_seed(seed))
     if model.head.type == "linear":
         neck, in_channels = None, [encoder.embed_dim]
     else:

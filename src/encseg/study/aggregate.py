@@ -15,9 +15,11 @@ Identity columns come from the run's ``config.yaml``: ``encoder`` is the study l
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -244,23 +246,31 @@ def collect_per_class(study_dir: str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=cols)
 
 
-def collect_per_image(study_dir: str | Path) -> pd.DataFrame:
-    """Long table ``run_id, eval_dataset, image, miou`` from ``per_image_miou`` (image = list position).
+def image_area_reader(study_dir: str | Path) -> Callable[[str, str], tuple[np.ndarray, np.ndarray] | None]:
+    """``read(run_id, eval_dataset)``: the run's per-image ``(intersection, union)`` on that dataset, or None.
 
-    Runs evaluated on the same dataset list the same images in the same order, which is what makes a
-    per-image paired comparison between runs possible.
+    Reads ``eval/<dataset>_areas.npz`` on demand (a study's areas may not fit in memory at once) and keeps the
+    last few. None where the run predates the file or is not a finished run; a malformed file raises
+    ``StudyDataError`` naming it.
     """
-    cols = ["run_id", "eval_dataset", "image", "miou"]
-    frames = []
-    for rd in finished_runs(study_dir):
-        for path in eval_files(rd):
-            scores = _eval_record(path).get("per_image_miou")
-            if not scores:
-                continue
-            values = np.array([math.nan if v is None else float(v) for v in scores], dtype=float)
-            frames.append(pd.DataFrame({"run_id": rd.name, "eval_dataset": path.stem,
-                                        "image": np.arange(len(values)), "miou": values}))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)
+    root = Path(study_dir) / RUNS_DIR
+
+    @functools.lru_cache(maxsize=64)
+    def read(run_id: str, dataset: str) -> tuple[np.ndarray, np.ndarray] | None:
+        rd = RunDir(root / run_id)
+        path = rd.image_areas_npz(dataset)
+        if not rd.is_done() or not path.is_file():
+            return None
+        with np.load(path, allow_pickle=False) as z:
+            if "intersection" not in z or "union" not in z:
+                raise StudyDataError(f"{path}: expected the arrays 'intersection' and 'union', got {list(z)}")
+            inter, union = z["intersection"], z["union"]
+        if inter.shape != union.shape or inter.ndim != 2:
+            raise StudyDataError(f"{path}: intersection {inter.shape} and union {union.shape} must be equal "
+                                 "(images, classes) arrays")
+        return inter, union
+
+    return read
 
 
 def collect_histories(study_dir: str | Path) -> pd.DataFrame:
@@ -365,6 +375,27 @@ def _registry_normalisation(encoder_name: str) -> tuple[list[float], list[float]
     return [float(v) for v in spec.mean], [float(v) for v in spec.std]
 
 
+def architecture(encoder: Any) -> str:
+    """The encoder the run built, in words: its ViT shape after ``timm_kwargs``, and the timm entry it came from.
+
+    ``encoder`` is the run's ``EncoderConfig``. A zoo name such as ``random_vitb16`` with ``timm_kwargs`` builds
+    another network than its name says (the demo's tiny positive control); the numbers here are the built ones.
+    """
+    from encseg.models.encoders import get_spec  # imports torch and timm: only when needed
+
+    kwargs = dict(getattr(encoder, "timm_kwargs", None) or {})
+    try:
+        spec = get_spec(encoder.name)
+    except ValueError:  # not in the zoo and not a timm ViT
+        return encoder.name + (f" with {kwargs}" if kwargs else "")
+    shape = [f"patch {kwargs.get('patch_size', spec.patch)}", f"width {kwargs.get('embed_dim', spec.embed_dim)}",
+             f"depth {kwargs.get('depth', spec.depth)}"]
+    if "num_heads" in kwargs:
+        shape.append(f"{kwargs['num_heads']} heads")
+    extra = ", ".join(f"{k}={v}" for k, v in sorted(kwargs.items()))
+    return f"ViT, {', '.join(shape)} (timm {spec.arch}" + (f" with {extra})" if extra else ")")
+
+
 def collect_protocol(study_dir: str | Path) -> pd.DataFrame:
     """One row per DONE run with the settings a reader needs to interpret its numbers.
 
@@ -392,6 +423,7 @@ def collect_protocol(study_dir: str | Path) -> pd.DataFrame:
         rows.append({
             **ident,
             "weights": cfg.model.encoder.weights,
+            "architecture": architecture(cfg.model.encoder),
             "norm_mean": None if norm is None else norm[0],
             "norm_std": None if norm is None else norm[1],
             "norm_source": None if norm is None else source,

@@ -6,7 +6,7 @@ A study expands into run configs (``study.grid``); the run-config models it reus
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -46,6 +46,23 @@ class StudyEncoder(Strict):
     @classmethod
     def _label(cls, v: str) -> str:
         return _safe_label(v, "encoder label")
+
+
+class StudyBaseline(Strict):
+    """The cells that gains are measured against: an encoder label in one regime (``frozen``, ``finetune``,
+    ``last<N>``). The plain string form ``baseline: random`` is shorthand for ``{encoder: random, regime:
+    finetune}``."""
+
+    encoder: str = "random"
+    regime: str = "finetune"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        return {"encoder": data} if isinstance(data, str) else data
+
+    def label(self) -> str:
+        return f"{self.encoder} ({self.regime})"
 
 
 class StudyMatch(Strict):
@@ -114,12 +131,14 @@ class StudyConfig(Strict):
     out: Path | None = None  # the study directory; None: outputs/<name>
     base_config: Path | None = None  # merged under ``base`` while loading, then cleared
     base: dict[str, Any] = Field(default_factory=dict)
-    baseline: str = "random"  # the encoder label that gains are measured against
+    baseline: StudyBaseline = Field(default_factory=StudyBaseline)  # gains are measured against it
     encoders: list[StudyEncoder] = Field(min_length=1)
     train_datasets: list[DatasetConfig] = Field(default_factory=list)  # empty: the base's data.dataset
     fractions: list[float] = Field(default_factory=lambda: [1.0], min_length=1)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
-    subset_seed: int = 0
+    # per_seed: seed s of every cell trains on the nested subsets drawn with subset_seed = s (the subset is
+    # sampled with the seed); an int: one subset for every seed
+    subset_seed: int | Literal["per_seed"] = "per_seed"
     eval_datasets: list[DatasetConfig] = Field(default_factory=list)
     exclude: list[StudyMatch] = Field(default_factory=list)
     overrides: list[StudyOverride] = Field(default_factory=list)
@@ -169,8 +188,8 @@ class StudyConfig(Strict):
         if "name" in self.base:
             raise ValueError("base.name would give every cell the same run directory; remove it")
         labels = [e.label for e in self.encoders]
-        if self.baseline not in labels:
-            raise ValueError(f"baseline {self.baseline!r} is not an encoder label ({', '.join(labels)}); "
+        if self.baseline.encoder not in labels:
+            raise ValueError(f"baseline {self.baseline.encoder!r} is not an encoder label ({', '.join(labels)}); "
                              f"set `baseline:` to one of them")
         if not self.train_datasets and "dataset" not in (self.base.get("data") or {}):
             raise ValueError("no train dataset: give train_datasets or base.data.dataset")

@@ -138,6 +138,11 @@ def _cells(study: StudyConfig) -> list[_Cell]:
     regimes = [_regime_id(deep_merge(base_regime, e.regime.model_dump(exclude_unset=True)))
                for e in study.encoders]
     datasets = _train_datasets(study)
+    base = study.baseline
+    if not any(e.label == base.encoder and r == base.regime for e, r in zip(study.encoders, regimes, strict=True)):
+        trained = sorted({r for e, r in zip(study.encoders, regimes, strict=True) if e.label == base.encoder})
+        raise ConfigError(f"study {study.name}: baseline {base.label()} is not a cell of the study: "
+                          f"{base.encoder} is trained as {', '.join(trained)}; set baseline.regime")
     axes = {"encoder": [e.label for e in study.encoders], "regime": sorted(set(regimes)),
             "train_dataset": [d.display_name for d in datasets], "fraction": study.fractions, "seed": study.seeds}
     for i, rule in enumerate(study.exclude):
@@ -147,6 +152,15 @@ def _cells(study: StudyConfig) -> list[_Cell]:
     cells = [_Cell(i, e.label, regimes[i], d, f, s)
              for i, e in enumerate(study.encoders) for d in datasets for f in study.fractions for s in study.seeds]
     return [c for c in cells if not any(_matches(rule, c) for rule in study.exclude)]
+
+
+def subset_seed(study: StudyConfig, seed: int) -> int:
+    """The run's ``data.subset_seed``: the training seed itself under ``subset_seed: per_seed``, else the study's.
+
+    Every encoder and fraction of one seed then share one permutation (nested subsets, paired runs), and the
+    seeds of a cell sample the subset as well as the initialisation and data order.
+    """
+    return seed if study.subset_seed == "per_seed" else int(study.subset_seed)
 
 
 def _cell_config(study: StudyConfig, cell: _Cell) -> RunConfig:
@@ -160,7 +174,7 @@ def _cell_config(study: StudyConfig, cell: _Cell) -> RunConfig:
     d = deep_merge(study.base, {"model": model})
     data = dict(d.get("data") or {})
     data.update(dataset=cell.dataset.model_dump(mode="json"), fraction=cell.fraction,
-                subset_seed=study.subset_seed)
+                subset_seed=subset_seed(study, cell.seed))
     d["data"] = data
     if study.eval_datasets:
         extra = [x.model_dump(mode="json") for x in study.eval_datasets

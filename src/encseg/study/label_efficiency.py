@@ -13,11 +13,13 @@ Definitions (docs/protocol.md "Label efficiency")
   (no studied fraction reaches it: no fraction and no factor), ``no_reference`` (the reference has no mIoU at
   the reference fraction).
 - ``factor = reference_fraction / fraction``: how many times fewer labels the encoder needs.
-- The interval is a percentile bootstrap over training seeds (``stats.seed_weights``: the same resampled seeds
-  for every cell), computed on log(fraction) with the order statistics only, so censored resamples keep their
-  meaning: ``fraction_low = 0`` means some resamples in the lower tail already reached the target at the
-  smallest fraction (no lower bound inside the study), ``fraction_high = inf`` means the upper tail did not
-  reach it at all.
+- The interval is a parametric bootstrap: each resample draws every cell mean from its moderated t
+  distribution (``mean + se * T``, ``T`` Student t on the moderated degrees of freedom of the cells family,
+  ``study.comparisons``) and recomputes the target and the crossing. Percentiles are taken on log(fraction)
+  with the order statistics only, so censored resamples keep their meaning: ``fraction_low = 0`` means that
+  the lower tail already reached the target at the smallest fraction (the study cannot bound the fraction from
+  below), ``fraction_high = inf`` that the upper tail did not reach it at all (no upper bound). A cell without
+  a variance (one seed and no prior) cannot be drawn: its claims have no interval (NaN, ``n_boot_used = 0``).
 """
 
 from __future__ import annotations
@@ -28,13 +30,13 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from encseg.study import stats
+from encseg.study import comparisons, stats
 
 REACHED, BY_SMALLEST, NOT_REACHED, NO_REFERENCE = "reached", "by_smallest", "not_reached", "no_reference"
 PANEL = ["train_dataset", "eval_dataset"]
 COLUMNS = [*PANEL, "encoder", "regime", "head", "reference", "reference_fraction", "target_miou", "status",
            "fraction", "fraction_low", "fraction_high", "factor", "factor_low", "factor_high", "n_seeds",
-           "n_boot", "n_boot_used", "rests_on_unconverged", "cells"]
+           "n_boot", "n_boot_used", "rests_on_unconverged", "interval_method", "cells"]
 
 
 class Crossing(NamedTuple):
@@ -78,7 +80,7 @@ def _log_value(c: Crossing) -> float:
 def log_crossings(fractions, means: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """``_log_value(crossing(...))`` for each row of ``means`` (resamples x fractions) and its target, at once.
 
-    Rows with a NaN mean or target (a cell without a drawn seed) go through ``crossing`` one by one.
+    Rows with a NaN mean or target (a cell that cannot be drawn) go through ``crossing`` one by one.
     """
     f = np.asarray(fractions, dtype=float)
     order = np.argsort(f, kind="stable")
@@ -136,14 +138,29 @@ def _convergence(panel: pd.DataFrame, cell_cols: list[str]) -> dict[tuple, tuple
     return {(*r[:-3], float(r[-3])): (int(r[-2]), int(r[-1])) for r in counts.itertuples(index=False)}
 
 
-def _panel_rows(panel: pd.DataFrame, series_cols: list[str], n_boot: int, seed: int,
-                confidence: float) -> list[dict]:
+def draw_means(mean: np.ndarray, se: np.ndarray, df: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
+    """(1 + n_boot, cells): row 0 the means, then draws ``mean + se * T`` with ``T`` Student t on ``df``
+    (normal where df is infinite); NaN for a cell without a standard error."""
+    rng = np.random.default_rng(seed)
+    t = np.empty((n_boot, mean.size))
+    for c in range(mean.size):
+        if not (np.isfinite(se[c]) and df[c] > 0):
+            t[:, c] = np.nan
+        else:
+            t[:, c] = rng.standard_normal(n_boot) if math.isinf(df[c]) else rng.standard_t(df[c], n_boot)
+    return np.vstack([mean, mean + se * t])
+
+
+def _panel_rows(panel: pd.DataFrame, family: comparisons.Family, series_cols: list[str], n_boot: int,
+                seed: int, confidence: float) -> list[dict]:
     cell_cols = [*series_cols, "fraction"]
-    units = stats.seed_units(panel)
-    keys, values = stats.seed_matrix(panel, cell_cols, units)
+    table = family.table
+    keys = table[cell_cols].reset_index(drop=True)
+    se = np.sqrt(table["s2_mod"].to_numpy(dtype=float) / table["n"].to_numpy(dtype=float))
+    means = draw_means(table["mean"].to_numpy(dtype=float), se, table["df_mod"].to_numpy(dtype=float), n_boot,
+                       seed)
     n_present = {(*k[:-1], float(k[-1])): int(n) for k, n in
-                 zip(keys.itertuples(index=False), (~np.isnan(values)).sum(axis=1), strict=True)}
-    means = stats.weighted_means(values, stats.seed_weights(len(units), n_boot, seed))  # (1 + n_boot, cells)
+                 zip(keys.itertuples(index=False), table["n"], strict=True)}
     conv = _convergence(panel, cell_cols)
     ref_frac = 1.0 if (keys["fraction"] == 1.0).any() else float(keys["fraction"].max())
     by_series: dict[tuple, list[int]] = {}
@@ -159,12 +176,14 @@ def _panel_rows(panel: pd.DataFrame, series_cols: list[str], n_boot: int, seed: 
             fracs = keys.loc[idx, "fraction"].to_numpy(dtype=float)
             point = crossing(fracs, means[0, idx], targets[0])
             logs = log_crossings(fracs, means[1:, idx], targets[1:])
+            logs[np.isnan(means[1:, idx]).any(axis=1) | np.isnan(targets[1:])] = math.nan  # undrawable cells
             cells = _claim_cells(s, ref, fracs, point, ref_frac, bool(at))
             row = _row(s, ref, ref_frac, float(targets[0]), point, logs, confidence)
             row.update({"train_dataset": panel["train_dataset"].iloc[0],
                         "eval_dataset": panel["eval_dataset"].iloc[0],
                         "n_seeds": min(n_present[c] for c in cells),
                         "rests_on_unconverged": _claim_state(conv, cells),
+                        "interval_method": family.prior.describe(),
                         "cells": ", ".join(plot_fraction(c[-1]) + ("" if c[:-1] == s else " of the reference")
                                            for c in cells)})
             rows.append(row)
@@ -210,6 +229,7 @@ def label_efficiency(results: pd.DataFrame, n_boot: int = 2000, seed: int = 0,
     """One row per (train, eval) pair x encoder series x reference series (every other series); ``COLUMNS``.
 
     ``results`` is the study's per-run table (``aggregate.collect_results``: one row per run x eval dataset).
+    The cell variances are moderated over every cell of the study (``comparisons.cells``).
     """
     missing = [c for c in [*PANEL, "encoder", "regime", "fraction", "miou", *stats.PAIR_COLUMNS]
                if c not in results.columns]
@@ -217,18 +237,23 @@ def label_efficiency(results: pd.DataFrame, n_boot: int = 2000, seed: int = 0,
         raise ValueError(f"label_efficiency: the results table lacks the columns {missing}")
     if n_boot < 1:
         raise ValueError(f"label_efficiency: n_boot (resamples) must be >= 1, got {n_boot}")
+    results = comparisons.with_head(results)
+    family = comparisons.cells(comparisons.groups(results))
     series_cols = series_columns(results)
     rows = []
-    for _, panel in results.groupby(PANEL, sort=True):
-        rows.extend(_panel_rows(panel, series_cols, n_boot, seed, confidence))
+    for panel_key, panel in results.groupby(PANEL, sort=True):
+        sel = ((family.table["train_dataset"] == panel_key[0])
+               & (family.table["eval_dataset"] == panel_key[1])).to_numpy()
+        part = comparisons.Family(family.table[sel].reset_index(drop=True), family.prior)
+        rows.extend(_panel_rows(panel, part, series_cols, n_boot, seed, confidence))
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
 def summary_columns(summary: pd.DataFrame, efficiency: pd.DataFrame, baseline: str,
-                    baseline_regime: str = "finetune") -> pd.DataFrame:
+                    baseline_regime: str) -> pd.DataFrame:
     """``summary`` with the label efficiency against the baseline (``le_*``) on every row of each series.
 
-    ``summary`` has no head column: a study with several heads gets the first head's row per series.
+    With several heads a series is (encoder, regime, head) and its reference the baseline with the same head.
     """
     ref = series_name((baseline, baseline_regime))
     eff = efficiency[(efficiency["reference"] == ref) | efficiency["reference"].str.startswith(ref + ",")]
@@ -238,6 +263,9 @@ def summary_columns(summary: pd.DataFrame, efficiency: pd.DataFrame, baseline: s
             "target_miou": "le_target_miou", "rests_on_unconverged": "le_rests_on_unconverged",
             "n_seeds": "le_n_seeds"}
     keys = [*PANEL, "encoder", "regime"]
+    if eff["head"].notna().any():
+        eff = eff[eff["reference"] == eff["head"].map(lambda h: series_name((baseline, baseline_regime, h)))]
+        keys.append("head")
     part = eff[[*keys, *cols]].rename(columns=cols).drop_duplicates(keys)
     out = summary.drop(columns=[c for c in cols.values() if c in summary.columns])
     return out.merge(part, on=keys, how="left")

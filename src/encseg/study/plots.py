@@ -53,8 +53,9 @@ def percent_scale(values) -> float:
     return 100.0 if x.size == 0 or (x.min() >= 0.0 and x.max() <= 1.0) else 1.0
 
 
-def series_label(encoder: str, regime: str) -> str:
-    return f"{encoder} ({regime})"
+def series_label(encoder: str, regime: str, head: str | None = None) -> str:
+    """``encoder (regime)``, or ``encoder (regime, <head> head)`` where a study trains several heads."""
+    return f"{encoder} ({regime}" + (f", {head} head)" if head else ")")
 
 
 def fraction_label(fraction: float) -> str:
@@ -62,6 +63,8 @@ def fraction_label(fraction: float) -> str:
 
 
 def _labels(df: pd.DataFrame) -> pd.Series:
+    if "head" in df and df["head"].nunique(dropna=False) > 1:
+        return df["encoder"].astype(str) + " (" + df["regime"].astype(str) + ", " + df["head"].astype(str) + " head)"
     return df["encoder"].astype(str) + " (" + df["regime"].astype(str) + ")"
 
 

@@ -1,44 +1,47 @@
-"""Statistics over seeds: descriptive intervals, paired tests against the baseline, per-image bootstrap.
+"""Statistics over seeds: per-cell summaries, moderated gains over the baseline, Holm's adjustment.
 
-Conventions
+Conventions (docs/protocol.md "Statistics")
 - Every function drops NaN values (or NaN pairs) before computing, and reports how many values it used.
-- ``std`` is the sample standard deviation (``ddof=1``); confidence intervals of a mean are Student-t
-  intervals ``mean +- t_{(1+c)/2, n-1} * std / sqrt(n)``. With one value there is no spread: ``std`` and the
-  interval are NaN.
+- ``std`` is the sample standard deviation (``ddof=1``). The intervals of ``summarize`` are *moderated* t
+  intervals (``study.comparisons``, ``study.moderation``): each cell's or gain's seed variance is shrunk towards
+  a prior fitted to all the cells (or all the gains) of the study, with the degrees of freedom that the prior
+  adds; ``describe`` and ``paired_test`` are the plain Student-t versions on one comparison's own seeds.
 - A *gain* is ``encoder - baseline`` on values paired by (seed, subset_seed): both runs trained on the same
-  images from the same initial random state of everything but the encoder weights. Differences are in the
-  units of the inputs (fractions of 1 for the engine's mIoU).
-- The per-image bootstrap resamples images of the evaluation set (paired: the same resampled images for both
-  encoders). It measures how much the gain depends on which images were evaluated, not on the training seed,
-  and its centre is the mean per-image mIoU gain, which is close to but not the same as the dataset-level
-  mIoU gain (dataset mIoU pools pixels over all images before dividing).
+  images from the same initial state of everything but the encoder weights. Differences are in the units of
+  the inputs (fractions of 1 for the engine's mIoU).
+- The image bootstrap (``study.image_bootstrap``) resamples evaluation images and recomputes the dataset-level
+  mIoU gain that is printed; it covers the choice of evaluated images, not the training seeds.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from encseg.study import comparisons, image_bootstrap
+
 log = logging.getLogger(__name__)
 
-GROUP_COLUMNS = ["encoder", "regime", "train_dataset", "eval_dataset", "fraction"]
+GROUP_COLUMNS = ["encoder", "regime", "head", "train_dataset", "eval_dataset", "fraction"]
 PAIR_COLUMNS = ["seed", "subset_seed"]
 MIN_WILCOXON = 6  # below 6 pairs no two-sided signed-rank p-value can reach 0.05, so the test is not run
+ImageAreaReader = Callable[[str, str], "image_bootstrap.Areas | None"]  # (run id, eval dataset) -> areas
 SUMMARY_COLUMNS = [
     *GROUP_COLUMNS, "cross", "n_seeds", "seeds",
-    "miou_mean", "miou_std", "miou_ci_low", "miou_ci_high",
+    "miou_mean", "miou_std", "miou_ci_low", "miou_ci_high", "miou_df", "miou_ci_method",
     "macc_mean", "aacc_mean", "fwiou_mean",
     "epochs_to_converge_mean", "epochs_to_converge_std", "time_to_converge_s_mean", "train_time_s_mean",
     "infer_ms_per_image_mean", "gflops_mean", "params_total", "params_trainable",
     "baseline", "baseline_miou_mean", "baseline_miou_std",
-    "gain_n", "gain_miou", "gain_std", "gain_ci_low", "gain_ci_high", "gain_p_ttest", "gain_p_wilcoxon",
-    "gain_boot_mean", "gain_boot_low", "gain_boot_high", "gain_boot_images", "gain_note",
+    "gain_n", "gain_miou", "gain_std", "gain_std_moderated", "gain_df", "gain_ci_low", "gain_ci_high",
+    "gain_p", "gain_p_wilcoxon", "gain_method", "gain_boot_low", "gain_boot_high", "gain_boot_images",
+    "gain_boot_note", "gain_note",
 ]
 
 
@@ -131,92 +134,20 @@ def paired_test(a: Sequence[float] | np.ndarray | pd.Series, b: Sequence[float] 
     return PairedTest(n, mean, std, mean - half, mean + half, t_stat, p_t, w_stat, p_w, "; ".join(notes))
 
 
-# ---------------------------------------------------------------------------------------- bootstrap
-class BootstrapCI(NamedTuple):
-    mean_diff: float  # mean over images of a - b
-    ci_low: float  # percentile interval of the resampled means
-    ci_high: float
-    n_images: int
-    n_boot: int
-
-
-def bootstrap_ci(per_image_a: Sequence[float] | np.ndarray, per_image_b: Sequence[float] | np.ndarray,
-                 n: int = 10_000, seed: int = 0, confidence: float = 0.95) -> BootstrapCI:
-    """Paired percentile bootstrap of the mean per-image difference ``a - b`` over the images.
-
-    ``per_image_a[i]`` and ``per_image_b[i]`` must score the same image. Images where either score is NaN
-    (no valid pixel) are dropped. Deterministic for a given ``seed``.
-    """
-    a = np.asarray(per_image_a, dtype=float).ravel()
-    b = np.asarray(per_image_b, dtype=float).ravel()
-    if a.shape != b.shape:
-        raise ValueError(f"bootstrap_ci needs per-image scores of the same images, got {a.size} and {b.size}")
-    if n < 1:
-        raise ValueError(f"bootstrap_ci: n (resamples) must be >= 1, got {n}")
-    keep = ~(np.isnan(a) | np.isnan(b))
-    d = a[keep] - b[keep]
-    m = int(d.size)
-    if m == 0:
-        return BootstrapCI(math.nan, math.nan, math.nan, 0, n)
-    rng = np.random.default_rng(seed)
-    means = np.empty(n)
-    chunk = max(1, 2_000_000 // m)  # bounds the index matrix to ~16 MB whatever the number of images
-    for start in range(0, n, chunk):
-        stop = min(n, start + chunk)
-        idx = rng.integers(0, m, size=(stop - start, m))
-        means[start:stop] = d[idx].mean(axis=1)
-    tail = (1.0 - confidence) / 2.0 * 100.0
-    low, high = np.percentile(means, [tail, 100.0 - tail])
-    return BootstrapCI(float(d.mean()), float(low), float(high), m, n)
-
-
 # ---------------------------------------------------------------------------------------- summarize
-def _one_row_per_seed(g: pd.DataFrame) -> pd.DataFrame:
-    """Average duplicated (seed, subset_seed) rows of one cell (the same cell run twice under two names)."""
-    if not g.duplicated(PAIR_COLUMNS).any():
-        return g
-    cell = dict(zip(GROUP_COLUMNS, g.iloc[0][GROUP_COLUMNS], strict=True))
-    log.warning("cell %s has several runs for one seed (%s); their numbers are averaged", cell,
-                ", ".join(g["run_id"].astype(str)))
-    numeric = g.select_dtypes("number").columns.difference(PAIR_COLUMNS)
-    first = g.groupby(PAIR_COLUMNS, as_index=False, sort=True).first()
-    means = g.groupby(PAIR_COLUMNS, as_index=False, sort=True)[list(numeric)].mean()
-    return first.drop(columns=list(numeric)).merge(means, on=PAIR_COLUMNS)
-
-
-def _per_image_mean(per_image: pd.DataFrame, run_ids: Sequence[str], dataset: str) -> np.ndarray | None:
-    """Per-image mIoU averaged over ``run_ids`` (seeds) on ``dataset``; None if any run lacks the scores."""
-    vectors = []
-    for rid in run_ids:
-        sel = per_image[(per_image["run_id"] == rid) & (per_image["eval_dataset"] == dataset)]
-        if sel.empty:
-            return None
-        vectors.append(sel.sort_values("image")["miou"].to_numpy(dtype=float))
-    if len({v.size for v in vectors}) != 1:
-        log.warning("per-image scores on %s have different lengths across runs %s; no bootstrap", dataset,
-                    list(run_ids))
-        return None
-    with np.errstate(invalid="ignore"):
-        stacked = np.vstack(vectors)
-        counts = (~np.isnan(stacked)).sum(axis=0)
-        return np.where(counts > 0, np.nansum(stacked, axis=0) / np.maximum(counts, 1), np.nan)
-
-
 def _nanmean(s: pd.Series) -> float:
     x = drop_nan(s)
     return float(x.mean()) if x.size else math.nan
 
 
-def _cell_columns(key: tuple, cell: pd.DataFrame, confidence: float) -> dict[str, Any]:
-    """The descriptive columns of one summary row (one row per seed in ``cell``)."""
+def _cell_columns(key: tuple, cell: pd.DataFrame) -> dict[str, Any]:
+    """The descriptive columns of one summary row that do not come from the moderated families."""
     nan = math.nan
-    d = describe(cell["miou"], confidence)
     ep = describe(cell["epochs_to_converge"]) if "epochs_to_converge" in cell else describe([])
     row = dict(zip(GROUP_COLUMNS, key, strict=True))
     row.update({
         "cross": bool(cell["cross"].iloc[0]) if "cross" in cell else row["train_dataset"] != row["eval_dataset"],
-        "n_seeds": len(cell), "seeds": ",".join(str(s) for s in sorted(cell["seed"].unique())),
-        "miou_mean": d.mean, "miou_std": d.std, "miou_ci_low": d.ci_low, "miou_ci_high": d.ci_high,
+        "seeds": ",".join(str(s) for s in sorted(cell["seed"].unique())),
         "epochs_to_converge_mean": ep.mean, "epochs_to_converge_std": ep.std,
     })
     for col in ["macc", "aacc", "fwiou", "time_to_converge_s", "train_time_s", "infer_ms_per_image", "gflops"]:
@@ -226,76 +157,144 @@ def _cell_columns(key: tuple, cell: pd.DataFrame, confidence: float) -> dict[str
     return row
 
 
-def _paired_bootstrap(paired: pd.DataFrame, per_image: pd.DataFrame | None, eval_ds: str, n_boot: int, seed: int,
-                      confidence: float):
-    """The per-image bootstrap of the paired gain, or None when some paired run has no per-image scores."""
-    if per_image is None or per_image.empty or paired.empty:
-        return None
-    a = _per_image_mean(per_image, list(paired["run_id"]), eval_ds)
-    b = _per_image_mean(per_image, list(paired["run_id_base"]), eval_ds)
-    if a is None or b is None or a.size != b.size:
-        return None
-    return bootstrap_ci(a, b, n=n_boot, seed=seed, confidence=confidence)
+def _mean_columns(fam: comparisons.Family, iv: comparisons.Interval, i: int) -> dict[str, Any]:
+    t = fam.table.iloc[i]
+    std = math.sqrt(t["s2"]) if t["n"] > 1 else math.nan
+    return {"n_seeds": int(t["n"]), "miou_mean": t["mean"], "miou_std": std,
+            "miou_ci_low": t["mean"] - iv.half[i], "miou_ci_high": t["mean"] + iv.half[i],
+            "miou_df": t["df_mod"], "miou_ci_method": fam.prior.describe()}
 
 
-def _gain_columns(test, boot=None, note: str | None = None) -> dict[str, Any]:
-    """The ``gain_*`` columns from a paired test and an optional bootstrap (NaN where absent)."""
-    gain: dict[str, Any] = dict.fromkeys([c for c in SUMMARY_COLUMNS if c.startswith("gain_") and c != "gain_note"],
-                                         math.nan)
-    gain["gain_note"] = note
-    if test is not None:
-        gain.update({"gain_n": test.n, "gain_miou": test.mean_diff, "gain_std": test.std_diff,
-                     "gain_ci_low": test.ci_low, "gain_ci_high": test.ci_high,
-                     "gain_p_ttest": test.p_ttest, "gain_p_wilcoxon": test.p_wilcoxon, "gain_note": test.note})
-    if boot is not None:
-        gain.update({"gain_boot_mean": boot.mean_diff, "gain_boot_low": boot.ci_low,
-                     "gain_boot_high": boot.ci_high, "gain_boot_images": boot.n_images})
-    return gain
+def _wilcoxon(d: np.ndarray) -> float:
+    d = drop_nan(d)
+    if d.size < MIN_WILCOXON:
+        return math.nan
+    return 1.0 if np.all(d == 0.0) else float(sps.wilcoxon(d).pvalue)
+
+
+def _gain_columns(fam: comparisons.Family, iv: comparisons.Interval, j: int, d: np.ndarray,
+                  base: np.ndarray) -> dict[str, Any]:
+    """The ``gain_*`` and baseline columns of gain ``j`` (``d``: its paired differences, ``base``: the paired
+    baseline values)."""
+    t = fam.table.iloc[j]
+    n = int(t["n"])
+    b = describe(base)
+    notes = []
+    if n < 2:
+        notes.append(f"{n} paired seed{'s' if n != 1 else ''}: no own seed variance"
+                     + ("; the interval uses the prior" if fam.prior.fitted and n == 1 else ""))
+    elif t["s2"] <= 1e-24:
+        notes.append("all paired differences are equal")
+    if n < MIN_WILCOXON:
+        notes.append(f"Wilcoxon needs >= {MIN_WILCOXON} pairs")
+    return {"baseline_miou_mean": b.mean, "baseline_miou_std": b.std, "gain_n": n, "gain_miou": t["mean"],
+            "gain_std": math.sqrt(t["s2"]) if n > 1 else math.nan,
+            "gain_std_moderated": math.sqrt(t["s2_mod"]) if np.isfinite(t["s2_mod"]) else math.nan,
+            "gain_df": t["df_mod"], "gain_ci_low": t["mean"] - iv.half[j], "gain_ci_high": t["mean"] + iv.half[j],
+            "gain_p": iv.p[j], "gain_p_wilcoxon": _wilcoxon(d), "gain_note": "; ".join(notes),
+            "gain_method": fam.prior.describe()}
+
+
+def _image_columns(pair_runs: list[tuple[str, str]], eval_ds: str, image_areas: ImageAreaReader | None,
+                   n_boot: int, seed: int, confidence: float, cache: dict) -> dict[str, Any]:
+    """The image-bootstrap columns of one gain, or the reason it has none in ``gain_boot_note``."""
+    if image_areas is None:
+        return {"gain_boot_note": "no per-image areas given"}
+    enc, base = [], []
+    for run, base_run in pair_runs:
+        a, b = image_areas(run, eval_ds), image_areas(base_run, eval_ds)
+        if a is None or b is None:
+            return {"gain_boot_note": f"no per-image areas stored for {run if a is None else base_run}"}
+        enc.append(a)
+        base.append(b)
+    shapes = {x[0].shape for x in (*enc, *base)}
+    if len(shapes) != 1:
+        return {"gain_boot_note": f"the runs scored different images on {eval_ds}"}
+    n_images = next(iter(shapes))[0]
+    key = (n_images, n_boot, seed)
+    if key not in cache:
+        cache[key] = image_bootstrap.image_weights(n_images, n_boot, seed)
+    r = image_bootstrap.paired_gain(enc, base, confidence=confidence, weights=cache[key])
+    return {"gain_boot_low": r.low, "gain_boot_high": r.high, "gain_boot_images": r.n_images, "gain_boot_note": ""}
+
+
+def _run_ids(results: pd.DataFrame, units: list[tuple]) -> dict[tuple, dict[tuple, str]]:
+    """cell key (GROUP_COLUMNS) -> seed unit -> run id (the first run when a cell ran twice)."""
+    out: dict[tuple, dict[tuple, str]] = {}
+    for row in results[[*GROUP_COLUMNS, *PAIR_COLUMNS, "run_id"]].itertuples(index=False):
+        out.setdefault(tuple(row[:len(GROUP_COLUMNS)]), {}).setdefault(tuple(row[len(GROUP_COLUMNS):-1]),
+                                                                        str(row[-1]))
+    return out
 
 
 def summarize(results: pd.DataFrame, baseline: str = "random", baseline_regime: str = "finetune",
-              per_image: pd.DataFrame | None = None, n_boot: int = 2000, seed: int = 0,
+              image_areas: ImageAreaReader | None = None, n_boot: int = 2000, seed: int = 0,
               confidence: float = 0.95) -> pd.DataFrame:
-    """One row per (encoder, regime, train_dataset, eval_dataset, fraction) over seeds; ``SUMMARY_COLUMNS``.
+    """One row per (encoder, regime, head, train_dataset, eval_dataset, fraction) over seeds; ``SUMMARY_COLUMNS``.
 
-    The gain columns compare each cell with the ``baseline`` encoder in ``baseline_regime`` at the same
-    train dataset, eval dataset and fraction, paired on (seed, subset_seed), and ``baseline_miou_mean/std``
-    describe those same paired baseline runs (so mean - baseline mean = gain when every seed pairs); the
-    bootstrap columns are filled
-    when ``per_image`` (``aggregate.collect_per_image``) has scores for every paired run.
+    Mean intervals are moderated t intervals over the cells family, gain intervals over the gains family
+    (``study.comparisons``): each cell against the ``baseline`` encoder in ``baseline_regime`` with the same
+    head, train and eval dataset and fraction, paired on (seed, subset_seed). ``baseline_miou_mean/std``
+    describe those same paired baseline runs (so mean - baseline mean = gain when every seed pairs). The
+    ``gain_boot_*`` columns are the evaluation-image bootstrap (``image_bootstrap``) when ``image_areas``
+    (``aggregate.image_area_reader``) has the per-image areas of every paired run.
     """
-    missing = [c for c in [*GROUP_COLUMNS, *PAIR_COLUMNS, "run_id", "miou"] if c not in results.columns]
+    missing = [c for c in [*GROUP_COLUMNS, *PAIR_COLUMNS, "run_id", "miou"]
+               if c not in results.columns and c != "head"]
     if missing:
         raise ValueError(f"summarize: the results table lacks the columns {missing}")
+    results = comparisons.with_head(results)
+    g = comparisons.groups(results)
+    cells = comparisons.cells(g)
+    cell_iv = comparisons.interval(cells, confidence)
+    gains = comparisons.gains(g, baseline, baseline_regime)
+    gain_iv = comparisons.interval(gains, confidence)
+    gain_of = {int(r): j for j, r in enumerate(gains.table["row"])}
+    units = seed_units(results)
+    runs = _run_ids(results, units)
+    index = {tuple(k): i for i, k in enumerate(g.keys[GROUP_COLUMNS].itertuples(index=False))}
+    weights: dict = {}
     rows = []
     for key, cell in results.groupby(GROUP_COLUMNS, sort=True):
-        cell = _one_row_per_seed(cell)
-        enc, regime, train_ds, eval_ds, fraction = key
-        row = _cell_columns(key, cell, confidence)
-        base = results[(results["encoder"] == baseline) & (results["regime"] == baseline_regime)
-                       & (results["train_dataset"] == train_ds) & (results["eval_dataset"] == eval_ds)
-                       & (results["fraction"] == fraction)]
-        is_baseline = enc == baseline and regime == baseline_regime
-        paired = None if is_baseline or base.empty else cell.merge(
-            _one_row_per_seed(base)[[*PAIR_COLUMNS, "run_id", "miou"]], on=PAIR_COLUMNS, suffixes=("", "_base"))
-        # the baseline columns describe the very runs the gain pairs with (the cell itself for the baseline)
-        base_d = describe(cell["miou"] if is_baseline else [] if paired is None else paired["miou_base"], confidence)
-        row.update({"baseline": f"{baseline} ({baseline_regime})", "baseline_miou_mean": base_d.mean,
-                    "baseline_miou_std": base_d.std})
+        i = index[key]
+        row = {**_cell_columns(key, cell), **_mean_columns(cells, cell_iv, i),
+               "baseline": f"{baseline} ({baseline_regime})"}
+        is_baseline = key[0] == baseline and key[1] == baseline_regime
         if is_baseline:
-            row.update(_gain_columns(None, note="baseline"))
-        elif paired is None:
-            row.update(_gain_columns(None, note=f"no {baseline} ({baseline_regime}) runs in this cell"))
+            b = describe(g.values[i])
+            row.update({"baseline_miou_mean": b.mean, "baseline_miou_std": b.std, "gain_note": "baseline"})
+        elif i not in gain_of:
+            row["gain_note"] = f"no {baseline} ({baseline_regime}) runs in this cell"
         else:
-            boot = _paired_bootstrap(paired, per_image, eval_ds, n_boot, seed, confidence)
-            row.update(_gain_columns(paired_test(paired["miou"], paired["miou_base"], confidence), boot))
+            j = gain_of[i]
+            b_row = int(gains.table.at[j, "base_row"])
+            both = ~np.isnan(g.values[i]) & ~np.isnan(g.values[b_row])
+            row.update(_gain_columns(gains, gain_iv, j, g.values[i][both] - g.values[b_row][both],
+                                     g.values[b_row][both]))
+            base_key = tuple(g.keys.loc[b_row, GROUP_COLUMNS])
+            pair_runs = [(runs[key][u], runs[base_key][u]) for u, ok in zip(units, both, strict=True) if ok]
+            row.update(_image_columns(pair_runs, key[4], image_areas, n_boot, seed, confidence, weights))
         rows.append(row)
     out = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
-    return out.sort_values(["train_dataset", "eval_dataset", "encoder", "regime", "fraction"], kind="stable",
-                           ignore_index=True)
+    return out.sort_values(["train_dataset", "eval_dataset", "encoder", "regime", "head", "fraction"],
+                           kind="stable", ignore_index=True)
 
 
-# --------------------------------------------------------------------------- bootstrap over seeds
+def holm(p: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Holm's step-down adjusted p-values (family-wise error control); NaN entries stay NaN and do not count."""
+    p = np.asarray(p, dtype=float)
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(~np.isnan(p))
+    order = ok[np.argsort(p[ok], kind="stable")]
+    m = order.size
+    running = 0.0
+    for rank, k in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[k]))
+        out[k] = running
+    return out
+
+
+# ------------------------------------------------------------------------------------- seed units
 def seed_units(results: pd.DataFrame) -> list[tuple]:
     """The study's training seeds as resampling units: the distinct (seed, subset_seed) pairs, sorted."""
     return sorted({tuple(k) for k in results[PAIR_COLUMNS].itertuples(index=False)})
@@ -305,7 +304,7 @@ def seed_matrix(results: pd.DataFrame, cell_columns: list[str], units: list[tupl
                 value: str = "miou") -> tuple[pd.DataFrame, np.ndarray]:
     """Cells (one row per distinct ``cell_columns`` tuple) x seed units of ``value``; NaN where absent.
 
-    Two rows of one cell and unit (the same cell run twice under two names) are averaged.
+    Two rows of one cell and unit (the same cell run twice under two names) are averaged, with a warning.
     """
     keys = results[cell_columns].drop_duplicates().sort_values(cell_columns, kind="stable",
                                                                ignore_index=True)
@@ -321,32 +320,11 @@ def seed_matrix(results: pd.DataFrame, cell_columns: list[str], units: list[tupl
         j = unit_index[tuple(row[len(cell_columns):-1])]
         sums[i, j] += v
         counts[i, j] += 1
+    for i, j in zip(*np.nonzero(counts > 1), strict=True):
+        log.warning("cell %s has %d runs for seed unit %s; their %s values are averaged",
+                    dict(zip(cell_columns, keys.iloc[i], strict=True)), int(counts[i, j]), units[j], value)
     with np.errstate(invalid="ignore"):
         return keys, np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
-
-
-def seed_weights(n_units: int, n_boot: int, seed: int = 0) -> np.ndarray:
-    """Row 0: every seed once (the point estimate); rows 1..n_boot: multinomial resamples of the seeds.
-
-    The same resampled seeds serve every cell of a resample, so the bootstrap keeps the pairing of cells
-    trained from one seed (same data order and initial state).
-    """
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, n_units, size=(n_boot, n_units))
-    weights = np.zeros((n_boot + 1, n_units))
-    weights[0] = 1.0
-    for j in range(n_units):
-        weights[1:, j] = (draws == j).sum(axis=1)
-    return weights
-
-
-def weighted_means(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """(resamples, cells) means of ``values`` (cells x seeds, NaN = absent) under seed ``weights``."""
-    present = ~np.isnan(values)
-    num = weights @ np.where(present, values, 0.0).T
-    den = weights @ present.T.astype(float)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
 
 
 def convergence_counts(results: pd.DataFrame, cell_columns: list[str]) -> pd.DataFrame:
@@ -376,10 +354,10 @@ def converged_flags(results: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
 CONVERGENCE_COLUMNS = ["n_converged", "all_converged", "baseline_all_converged"]
 
 
-def add_convergence(summary: pd.DataFrame, results: pd.DataFrame, baseline: str = "random",
-                    baseline_regime: str = "finetune") -> pd.DataFrame:
+def add_convergence(summary: pd.DataFrame, results: pd.DataFrame, baseline: str,
+                    baseline_regime: str) -> pd.DataFrame:
     """``summary`` with ``CONVERGENCE_COLUMNS``: how many seeds of each cell converged, whether all did, and
-    whether all of its baseline cell (same train/eval dataset and fraction) did.
+    whether all of its baseline cell (same head, train/eval dataset and fraction) did.
 
     A run whose convergence was not recorded (``converged`` missing) counts as unconverged: a number is only
     presented as converged when the engine said so. A cell without baseline runs has
@@ -387,6 +365,7 @@ def add_convergence(summary: pd.DataFrame, results: pd.DataFrame, baseline: str 
     """
     if summary.empty:
         return summary.assign(**{c: pd.Series(dtype=object) for c in CONVERGENCE_COLUMNS})
+    results = comparisons.with_head(results)
     conv = converged_flags(results)[1]
     # one value per run and cell: a run is scored on several eval datasets with the same convergence
     per_run = results.assign(_conv=conv).drop_duplicates([*GROUP_COLUMNS, *PAIR_COLUMNS])
@@ -396,7 +375,7 @@ def add_convergence(summary: pd.DataFrame, results: pd.DataFrame, baseline: str 
     out["all_converged"] = out["all_converged"].fillna(False).astype(bool)
     base = cells.reset_index()
     base = base[(base["encoder"] == baseline) & (base["regime"] == baseline_regime)]
-    keys = ["train_dataset", "eval_dataset", "fraction"]
+    keys = ["head", "train_dataset", "eval_dataset", "fraction"]
     base = base[[*keys, "all_converged"]].rename(columns={"all_converged": "baseline_all_converged"})
     out = out.merge(base, on=keys, how="left")
     out["baseline_all_converged"] = out["baseline_all_converged"].fillna(True).astype(bool)

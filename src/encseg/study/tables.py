@@ -8,6 +8,7 @@ fractions in [0, 1]: ``scale`` is 100 then.
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -77,14 +78,15 @@ def pct(f: float) -> str:
 
 
 def fraction_interval(low: float, high: float) -> str:
+    """A label-efficiency interval; a side the study cannot bound says so instead of a number."""
     if missing(low) or missing(high):
-        return DASH
+        return "no interval (a cell has one seed and the study no prior)"
     if math.isinf(low):
-        return "not reached in any resample"
+        return "not reached in 97.5% of the resamples"
     if high == 0.0:
-        return "at or below the smallest fraction in every resample"
-    lo = "below the smallest fraction" if low == 0.0 else pct(low)
-    hi = "not reached" if math.isinf(high) else pct(high)
+        return "at or below the smallest fraction in 97.5% of the resamples"
+    lo = "no lower bound (below the smallest fraction)" if low == 0.0 else pct(low)
+    hi = "no upper bound (not reached)" if math.isinf(high) else pct(high)
     return f"[{lo}, {hi}]"
 
 
@@ -110,9 +112,23 @@ def dataset_pairs(summary: pd.DataFrame) -> list[tuple[str, str]]:
     return sorted(((t, e) for t, e in pairs), key=lambda p: (p[0], p[0] != p[1], p[1]))
 
 
-def ordered_series(df: pd.DataFrame, baseline: str) -> list[tuple[str, str]]:
-    keys = df[["encoder", "regime"]].drop_duplicates().itertuples(index=False)
-    return sorted(((e, r) for e, r in keys), key=lambda k: (k[0] != baseline, k[0], k[1]))
+Series = tuple[str, str, str]  # (encoder, regime, head)
+
+
+def ordered_series(df: pd.DataFrame, baseline: str) -> list[Series]:
+    """The (encoder, regime, head) series of a summary frame, the baseline encoder first."""
+    keys = df[["encoder", "regime", "head"]].drop_duplicates().itertuples(index=False)
+    return sorted(((e, r, h) for e, r, h in keys), key=lambda k: (k[0] != baseline, k[0], k[1], k[2]))
+
+
+def series_rows(df: pd.DataFrame, s: Series) -> pd.DataFrame:
+    return df[(df["encoder"] == s[0]) & (df["regime"] == s[1]) & (df["head"] == s[2])]
+
+
+def series_text(s: Series, summary: pd.DataFrame) -> str:
+    """``encoder (regime)``; the head is named when the study trains several."""
+    several = summary["head"].nunique(dropna=False) > 1
+    return plots.series_label(s[0], s[1], s[2] if several else None)
 
 
 def pair_title(train: str, ev: str) -> str:
@@ -127,8 +143,8 @@ def headline_tables(summary: pd.DataFrame, baseline: str, scale: float) -> list[
         fracs = sorted(g["fraction"].unique())
         labels = ordered_series(g, baseline)
         rows, means = [], []
-        for enc, regime in labels:
-            s = g[(g["encoder"] == enc) & (g["regime"] == regime)].set_index("fraction")
+        for key in labels:
+            s = series_rows(g, key).set_index("fraction")
             cells, row_means = [], []
             for f in fracs:
                 if f in s.index:
@@ -138,7 +154,7 @@ def headline_tables(summary: pd.DataFrame, baseline: str, scale: float) -> list[
                     cells.append(DASH)
                     row_means.append(math.nan)
             seeds = distinct(int(n) for n in s["n_seeds"])
-            rows.append([plots.series_label(enc, regime), *cells, seeds])
+            rows.append([series_text(key, summary), *cells, seeds])
             means.append(row_means)
         bold = set()
         for j in range(len(fracs)):
@@ -157,21 +173,22 @@ def gain_table(summary: pd.DataFrame, baseline: str, scale: float) -> Table:
     for train, ev in dataset_pairs(summary):
         g = summary[(summary["train_dataset"] == train) & (summary["eval_dataset"] == ev)
                     & (summary["gain_note"] != "baseline")]
-        for enc, regime in ordered_series(g, baseline):
-            for _, r in g[(g["encoder"] == enc) & (g["regime"] == regime)].sort_values("fraction").iterrows():
+        for key in ordered_series(g, baseline):
+            for _, r in series_rows(g, key).sort_values("fraction").iterrows():
                 rows.append([
-                    f"{train} → {ev}", plots.series_label(enc, regime), plots.fraction_label(r["fraction"]),
+                    f"{train} → {ev}", series_text(key, summary), plots.fraction_label(r["fraction"]),
                     integer(r["gain_n"]), mark(num(r["gain_miou"], scale, sign=True), r, baseline=True),
-                    interval(r["gain_ci_low"], r["gain_ci_high"], scale), pvalue(r["gain_p_ttest"]),
+                    interval(r["gain_ci_low"], r["gain_ci_high"], scale), pvalue(r["gain_p"]),
                     pvalue(r["gain_p_wilcoxon"]), interval(r["gain_boot_low"], r["gain_boot_high"], scale),
-                    mean_std(r["baseline_miou_mean"], r["baseline_miou_std"], scale), r["gain_note"] or "",
+                    mean_std(r["baseline_miou_mean"], r["baseline_miou_std"], scale),
+                    "; ".join(n for n in (r["gain_note"], r.get("gain_boot_note")) if not missing(n) and n),
                 ])
     return Table(["train → eval", "encoder (regime)", "fraction", "paired seeds", "gain (mIoU points)",
-                  "95% CI (t)", "p (paired t)", "p (Wilcoxon)", "95% CI (per-image bootstrap)",
+                  "95% CI (training seeds)", "p (moderated t)", "p (Wilcoxon)", "95% CI (evaluation images)",
                   "baseline mIoU", "note"], rows)
 
 
-def efficiency_table(ins: Insights, baseline: str, scale: float) -> Table:
+def efficiency_table(ins: Insights, scale: float) -> Table:
     rows = []
     for _, r in ins.efficiency.iterrows():
         fraction = DASH if missing(r["fraction"]) else pct(r["fraction"])
@@ -185,12 +202,14 @@ def efficiency_table(ins: Insights, baseline: str, scale: float) -> Table:
                      fraction_interval(r["fraction_low"], r["fraction_high"]), factor, integer(r["n_seeds"]),
                      r["rests_on_unconverged"]])
     return Table(["train → eval", "encoder (regime)", "reference", "reference mIoU at 100%", "status",
-                  "fraction needed", "95% interval (seed bootstrap)", "fewer labels", "seeds",
+                  "fraction needed", "95% interval (moderated t, parametric bootstrap)", "fewer labels", "seeds",
                   "rests on unconverged runs"], rows)
 
 
 def per_seed_table(results: pd.DataFrame, scale: float) -> Table:
-    rows = [[r["run_id"], plots.series_label(r["encoder"], r["regime"]), r["train_dataset"],
+    several = "head" in results and results["head"].nunique(dropna=False) > 1
+    rows = [[r["run_id"], plots.series_label(r["encoder"], r["regime"], r["head"] if several else None),
+             r["train_dataset"],
              r["eval_dataset"], plots.fraction_label(r["fraction"]), str(r["seed"]),
              *[num(r[m], scale) for m in aggregate.METRIC_COLUMNS],
              num(r["epochs_to_converge"]), num(r["train_time_s"], 1, 0), num(r["infer_ms_per_image"], 1, 2),
@@ -240,11 +259,11 @@ def ranking_tau_table(ins: Insights) -> Table | None:
     defined = ins.stability.pairs[ins.stability.pairs["tau"].notna()]
     rows = [[r["setting_a"], r["setting_b"], str(r["n_encoders"]), num(r["tau"], 1, 2),
              DASH if missing(r["tau_low"]) else f"[{r['tau_low']:.2f}, {r['tau_high']:.2f}]",
-             f"{r['n_boot_used']} of {r['n_boot']}"] for _, r in defined.iterrows()]
+             str(r["n_open"])] for _, r in defined.iterrows()]
     if not rows:
         return None
-    return Table(["setting A", "setting B", "common encoders", "Kendall's tau-b",
-                  "95% interval (seed bootstrap)", "resamples with a defined tau"], rows)
+    return Table(["setting A", "setting B", "common encoders", "Kendall's tau-b (tie-aware orders)",
+                  "95% interval (pairwise tests)", "pairs left open by ties"], rows)
 
 
 def encoder_table(protocol: pd.DataFrame, results: pd.DataFrame) -> Table:
@@ -255,14 +274,38 @@ def encoder_table(protocol: pd.DataFrame, results: pd.DataFrame) -> Table:
         mean = distinct(_triple(m) for m in g["norm_mean"])
         std = distinct(_triple(s) for s in g["norm_std"])
         source = distinct(v for v in g["norm_source"] if v is not None)
-        rows.append([plots.series_label(enc, regime), distinct(g["encoder_name"]),
+        rows.append([plots.series_label(enc, regime), distinct(g["architecture"]),
                      distinct("entry default" if w is None else w for w in g["weights"]),
                      "not recorded" if mean == DASH else mean, "not recorded" if std == DASH else std,
                      "" if source == DASH else source,
                      distinct(sci(v) for v in sel["params_total"]),
                      distinct(sci(v) for v in sel["params_trainable"])])
-    return Table(["encoder (regime)", "encoder", "weights", "normalisation mean", "normalisation std",
+    return Table(["encoder (regime)", "architecture", "weights", "normalisation mean", "normalisation std",
                   "normalisation read from", "params", "trainable params"], rows)
+
+
+CRITERION_OUTCOMES = ("fired_at", "anneal_end", "best_dev_miou", "best_dev_step", "stopped_by")  # per run
+
+
+def criterion_table(results: pd.DataFrame) -> Table | None:
+    """The convergence criterion's settings (one row per distinct setting) with how its runs stopped.
+
+    ``results["criterion"]`` is each run's criterion record as compact JSON; what the criterion found in a run
+    (``CRITERION_OUTCOMES``) is a result, not a setting, and stays out of the columns.
+    """
+    runs = results.drop_duplicates("run_id") if "run_id" in results else results
+    records = [json.loads(c) for c in runs.get("criterion", pd.Series(dtype=str)) if isinstance(c, str) and c]
+    if not records:
+        return None
+    keys = sorted({k for r in records for k in r if k not in CRITERION_OUTCOMES})
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        groups.setdefault(tuple(str(r.get(k, DASH)) for k in keys), []).append(r)
+    rows = []
+    for settings, members in groups.items():
+        stopped = pd.Series([m.get("stopped_by", "not recorded") for m in members]).value_counts()
+        rows.append([*settings, str(len(members)), ", ".join(f"{k}: {v}" for k, v in stopped.items())])
+    return Table([*keys, "runs", "stopped by"], rows)
 
 
 def compute_table(compute: pd.DataFrame) -> Table:
@@ -271,7 +314,7 @@ def compute_table(compute: pd.DataFrame) -> Table:
             for (train, fraction), g in compute.groupby(["train_dataset", "fraction"], sort=True)]
     rows.append(_compute_row("all runs", compute))
     return Table(["cells", "runs", "iterations used", "fixed-schedule iterations", "used / fixed",
-                  "train wall time used (h)", "GPU-hours used", "GPU-hours on the fixed schedule"], rows)
+                  "train wall time used, incl. validation (h)", "GPU-hours used", "GPU-hours on the fixed schedule"], rows)
 
 
 def _triple(values: list[float] | None) -> str | None:
