@@ -69,5 +69,6 @@ def test_demo_study_is_the_grid_the_issue_asks_for(tmp_path):
     assert all(c.model.head.type == "mask2former" for c in cells)
     assert {d.name for c in cells for d in c.eval.datasets} == {"synth_b"}
     assert all(c.train.budget == "converge" and c.data.dataset.dev_size == 40 for c in cells)
-    assert all(c.data.subset_seed == c.seed for c in cells)  # each seed draws its own nested subsets
+    # one subset per fraction for both seeds (2 seeds cannot resolve the subset variance of 20-image subsets)
+    assert all(c.data.subset_seed == 0 for c in cells) and study.subset_seed == 0
     assert study.baseline.label() == "random (finetune)"

@@ -4,7 +4,7 @@
 2. Trains a tiny encoder on style B with all labels and exports it as a timm-format weights file: a
    *positive control*, an encoder known to carry useful pretraining for style A.
 3. Runs a study on style A: ``random`` and ``pretrained_b``, both fine-tuned, at 10%, 30% and 100% of the labels,
-   2 seeds each (each seed with its own nested subsets), scored on A and cross-dataset on B; two cells at a time. Every cell trains on the converge
+   2 seeds each (on one nested subset per fraction: see ``demo_study``), scored on A and cross-dataset on B; two cells at a time. Every cell trains on the converge
    budget: until its dev curve (40 held-out train images) plateaus, then a short anneal. (A frozen
    ``pretrained_b`` series converges in as many steps as the fine-tuned one; with it the grid took ~25 minutes
    on a 2-core CPU, so the demo leaves it to your own studies: ``regime: {mode: frozen}``.)
@@ -101,7 +101,11 @@ def demo_study(out: Path, weights: Path) -> StudyConfig:
             {"label": "pretrained_b", "encoder": pretrained, "regime": {"mode": "finetune", "lr_mult": 0.1}},
         ],
         "eval_datasets": [_dataset(out, "a", 240, 50), _dataset(out, "b", 400, 50, dev=20)],
-        "fractions": [0.1, 0.3, 1.0], "seeds": [0, 1], "subset_seed": "per_seed",
+        # One subset per fraction for both seeds, not the default per_seed: with 20-image subsets the subset is
+        # the largest source of variance, and 2 seeds cannot resolve it (measured on this demo with per_seed:
+        # the 10% gain was +15.0, 95% interval [-13.9, +43.9]). The intervals then cover training seeds for
+        # this subset, and the report says so.
+        "fractions": [0.1, 0.3, 1.0], "seeds": [0, 1], "subset_seed": 0,
     }
     return validate(StudyConfig, study, "demo study")
 
