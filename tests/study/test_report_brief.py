@@ -126,3 +126,12 @@ def test_claims_resting_on_unconverged_cells_are_flagged(study):
     assert "unconverged" not in at_10  # the 10% gain uses no unconverged run
     assert at_100.count("rests on unconverged runs") == 2  # the 100% gain and the efficiency claim
     assert "convergence not recorded" not in dino
+
+
+def test_the_protocol_says_whether_the_seed_intervals_cover_the_choice_of_labelled_images(study):
+    from encseg.study.brief import _subsets_protocol
+
+    assert "each seed of a cell trains on its own subsets" in (study / "report.md").read_text()
+    shared = pd.DataFrame({"seed": [0, 1, 0, 1], "subset_seed": [0, 0, 0, 0]})
+    text = _subsets_protocol(shared, ["10%: 100 iterations"])
+    assert "subset_seed 0: the seeds share these subsets" in text and "do not cover" in text

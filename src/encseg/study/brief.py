@@ -166,7 +166,8 @@ def _subsets_protocol(p: pd.DataFrame, budget: list[str]) -> str:
     draw = ("drawn per training seed (subset_seed = seed): each seed of a cell trains on its own subsets, so the "
             "seed intervals include the choice of the labelled images"
             if per_seed else
-            f"drawn with subset_seed {distinct(sorted(p['subset_seed'].unique()))}")
+            f"drawn with subset_seed {distinct(sorted(p['subset_seed'].unique()))}: the seeds share these subsets, "
+            "so the seed intervals do not cover the choice of the labelled images")
     return ("Labelled fractions: nested subsets of the training split (each fraction takes a prefix of one "
             f"permutation, {draw}); one seed's subsets are the same for every encoder. Training budget per "
             "fraction: " + "; ".join(budget) + ".")
