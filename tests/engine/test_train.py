@@ -154,8 +154,8 @@ def test_killed_run_resumes_to_the_same_result(synth, tmp_path):
 
 @pytest.mark.slow
 def test_a_killed_run_resumes_under_operational_edits_to_the_same_result(synth, tmp_path):
-    cfg = tiny_config(synth, train={"max_iters": 30, "checkpoint_every": 5, "val_every": 15},
-                      logging={"progress_bar": "auto"})
+    # the default checkpoint_every (None): last.ckpt is written at every validation
+    cfg = tiny_config(synth, train={"max_iters": 30, "val_every": 10}, logging={"progress_bar": "auto"})
     reference, rd = _kill_then_resume(cfg, tmp_path, lambda rd: rd.last_ckpt.is_file(), timeout=300,
                                       resume_overrides=("train.log_every=10", "logging.progress_bar=off"))
     for name in ("synth.json", "val_confusion_last.npy"):

@@ -14,6 +14,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from encseg.atomic import atomic_save_npy, atomic_write, atomic_write_text
@@ -184,6 +185,30 @@ class PlainProgress(L.Callback):
                        m.get("val_macc", math.nan), m.get("val_loss", math.nan),
                        extra={"kind": "val", "step": trainer.global_step, "total": self._end()[0], "miou": miou,
                               "console": self.console})
+
+
+class LastCheckpoint(Checkpoint):
+    """``checkpoints/last.ckpt``, what a killed run resumes from: after every validation, and every ``every``
+    optimiser steps when set.
+
+    Lightning's ``ModelCheckpoint(save_top_k=0, save_last=True)`` writes ``last`` at a validation only beside a
+    top-k save (since 2.6), so a run without ``train.checkpoint_every`` had no ``last.ckpt`` until its end. As a
+    ``Checkpoint`` it runs after the other callbacks, so the state it saves includes this validation's best."""
+
+    def __init__(self, path: Path, every: int | None):
+        self.path, self.every, self._saved = Path(path), every, -1
+
+    def _save(self, trainer) -> None:
+        if trainer.global_step != self._saved and not trainer.sanity_checking:
+            trainer.save_checkpoint(self.path)  # every rank calls it; the strategy writes once
+            self._saved = trainer.global_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.every and trainer.global_step > 0 and trainer.global_step % self.every == 0:
+            self._save(trainer)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        self._save(trainer)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

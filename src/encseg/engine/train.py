@@ -27,6 +27,7 @@ from encseg.engine.callbacks import (
     AtomicCheckpointIO,
     ConvergeStop,
     History,
+    LastCheckpoint,
     PlainProgress,
     ValidationConfusion,
 )
@@ -240,8 +241,7 @@ def fit(cfg: RunConfig, rd: RunDir, seg, classes: list[str], train_ds, val_ds, s
     history = History(rd.history_path, cfg.train.log_every, sched.steps_per_epoch, validation)
     best = ModelCheckpoint(dirpath=rd.checkpoints, filename="best", monitor="val/miou", mode="max", save_top_k=1,
                            save_last=False, enable_version_counter=False, auto_insert_metric_name=False)
-    last = ModelCheckpoint(dirpath=rd.checkpoints, filename="last", save_top_k=0, save_last=True,
-                           every_n_train_steps=cfg.train.checkpoint_every, enable_version_counter=False)
+    last = LastCheckpoint(rd.last_ckpt, cfg.train.checkpoint_every)
     show_bar = {"on": True, "off": False}.get(cfg.logging.progress_bar, sys.stderr.isatty())
     # progress lines always reach train.log; the console gets them only when it has no tqdm bar
     callbacks = [history, ValidationConfusion(rd.eval_dir / "val_confusion_last.npy", validation), best, last,
