@@ -94,11 +94,15 @@ class EncoderConfig(Strict):
     # None or the checkpoint's own size (see models/encoders.py: resampled at most once)
     img_size: int | None = None
     drop_path_rate: float = Field(0.0, ge=0.0, lt=1.0)
+    # the final norm on every ViT tap: None = the family's dense protocol (``encseg encoders``, models/zoo.py)
+    feature_norm: bool | None = None
     timm_kwargs: dict[str, Any] = Field(default_factory=dict)  # e.g. depth/embed_dim for tiny test encoders
 
 
 class NeckConfig(Strict):
-    type: Literal["simple_fpn", "multilevel"] = "simple_fpn"
+    # simple_fpn / multilevel: ViT necks; a hierarchical encoder maps its stages with channel_mapper (what
+    # simple_fpn, the default, becomes for it) or passes them on unchanged (identity, as Mask2Former's paper)
+    type: Literal["simple_fpn", "multilevel", "channel_mapper", "identity"] = "simple_fpn"
     channels: int = Field(256, ge=8)
     fuse: bool = False  # multilevel: top-down fusion across levels
 
@@ -134,6 +138,7 @@ class RegimeConfig(Strict):
     last_n: int = Field(0, ge=0)  # trainable final blocks in ``last_n`` mode
     lr_mult: float = Field(0.1, ge=0.0)  # encoder LR relative to the head
     layer_decay: float = Field(1.0, gt=0.0, le=1.0)  # 1.0 disables layer-wise decay
+    freeze_bn: bool = True  # encoder BatchNorm: eval statistics, no gradient (CNN backbones; ViTs have none)
 
     @model_validator(mode="after")
     def _last_n(self) -> RegimeConfig:

@@ -250,7 +250,7 @@ def fit(cfg: RunConfig, rd: RunDir, seg, classes: list[str], train_ds, val_ds, s
     callbacks += [stop] if stop else []
     trainer = _trainer(cfg, rd, sched, callbacks, show_bar)
     if cfg.train.compile:
-        seg.encoder.vit.compile()
+        seg.encoder.timm_model.compile()
     ckpt = rd.last_ckpt if rd.last_ckpt.is_file() else None
     if ckpt is not None and trainer.is_global_zero:
         log.info("resuming %s from %s", rd.path.name, ckpt)
