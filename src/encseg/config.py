@@ -98,6 +98,11 @@ class EncoderConfig(Strict):
     feature_norm: bool | None = None
     timm_kwargs: dict[str, Any] = Field(default_factory=dict)  # e.g. depth/embed_dim for tiny test encoders
 
+    @field_validator("timm_kwargs", mode="before")
+    @classmethod
+    def _no_kwargs(cls, v: Any) -> Any:
+        return {} if v is None else v  # ``timm_kwargs=null`` on the command line clears a config's kwargs
+
 
 class NeckConfig(Strict):
     # simple_fpn / multilevel: ViT necks; a hierarchical encoder maps its stages with channel_mapper (what
