@@ -195,9 +195,13 @@ class TrainConfig(Strict):
     poly_power: float = Field(0.9, ge=0.0)
     grad_clip: float | None = Field(0.01, gt=0.0)  # clip by norm; None disables
     accumulate: int = Field(1, ge=1)
-    precision: Literal["auto", "32", "bf16-mixed", "16-mixed"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    # auto: bf16 on CUDA, fp32 on CPU; bf16-true: bf16 weights too (Lightning's "bf16-true"), for huge encoders
+    precision: Literal["auto", "32", "bf16-mixed", "16-mixed", "bf16-true"] = "auto"
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
     devices: int | Literal["auto"] = 1
+    # auto: DDP when several processes, else single-device; fsdp: Lightning's FSDPStrategy (full sharding of
+    # weights, gradients and optimiser states) for encoders that do not fit one GPU (``encseg study plan``)
+    strategy: Literal["auto", "ddp", "fsdp"] = "auto"
     num_nodes: int = Field(1, ge=1)
     val_every: int = Field(5000, ge=1)  # in iterations (budget iters) or epochs (budget epochs)
     log_every: int = Field(50, ge=1)
