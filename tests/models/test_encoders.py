@@ -193,3 +193,18 @@ def test_encoder_table(capsys):
     out = capsys.readouterr().out
     row = next(line for line in out.splitlines() if line.startswith("dinov2_vitb14 "))
     assert "86.6M" in row and "imagenet" in row and "dinov2,timm" in row and " 518 " in row
+
+
+def test_encoder_table_lists_the_2025_families_and_hierarchical_backbones(capsys):
+    print_encoder_table()
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line for line in out.splitlines() if line and not line.startswith(("-", " "))}
+    for name in ("dinov3_vits16", "dinov3_vit7b16", "dinov3_convnext_tiny", "pe_spatial_vitb16", "aimv2_vitl14",
+                 "resnet50", "swin_large", "convnext_tiny", "siglip2_so400m16", "tipsv2_vitb14"):
+        assert name in rows, name
+    assert "feature_norm" in out.splitlines()[0]
+    assert "final norm" in rows["dinov3_vitl16"] and "dinov3,timm" in rows["dinov3_vitl16"]
+    assert " raw " in rows["dinov2_vitb14"]
+    r50 = rows["resnet50"]
+    assert "256/512/1024/2048" in r50 and "4 stages" in r50 and "stages" in r50 and "resnet50.tv_in1k" in r50
+    assert "0.5/0.5" in rows["pe_spatial_vitb16"] and "custom" in rows["dinov3_vitl16_sat"]  # their own mean/std
