@@ -186,3 +186,22 @@ def test_one_week_study_fits_one_gpu_for_a_week(dataset):
     assert cost.total_gpu_hours <= 168
     readme = (REPO / "README.md").read_text()
     assert f"{dataset}_vitb_week.yaml" in readme
+
+
+@pytest.mark.parametrize("name, encoder, crop, neck, regime", [
+    ("ade20k_m2f_r50", "resnet50", 512, "identity", "finetune"),
+    ("ade20k_m2f_swinl", "swin_large", 640, "identity", "finetune"),
+    ("ade20k_m2f_dinov3_vitl_frozen", "dinov3_vitl16", 512, "simple_fpn", "frozen"),
+])
+def test_published_configs_are_the_published_settings(name, encoder, crop, neck, regime):
+    """Mask2Former R50 / Swin-L as in its MODEL_ZOO (160k, batch 16, their crops), DINOv3 ViT-L frozen."""
+    path = CONFIGS / "runs" / f"{name}.yaml"
+    cfg = load_run_config(path)
+    assert (cfg.model.encoder.name, cfg.data.crop_size, cfg.data.eval_size) == (encoder, crop, crop)
+    assert (cfg.model.neck.type, cfg.model.regime.mode, cfg.train.max_iters) == (neck, regime, 160_000)
+    assert _total_batch(cfg) == 16 and cfg.data.dataset == validate(DatasetConfig, read_yaml(CONFIGS / "datasets"
+                                                                                            / "ade20k.yaml"))
+    spec = get_spec(encoder)
+    assert spec.hierarchical == (neck == "identity") and cfg.model.regime.freeze_bn
+    text = path.read_text()
+    assert {"ade20k_m2f_r50": "47.2", "ade20k_m2f_swinl": "56.1"}.get(name, "Published") in text

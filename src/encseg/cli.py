@@ -12,7 +12,7 @@ from encseg.errors import EncsegError
 
 
 def _encoders(a: argparse.Namespace) -> int:
-    from encseg.models.encoders import print_encoder_table
+    from encseg.models.zoo_table import print_encoder_table
 
     print_encoder_table(params=a.params)
     return 0

@@ -94,11 +94,20 @@ class EncoderConfig(Strict):
     # None or the checkpoint's own size (see models/encoders.py: resampled at most once)
     img_size: int | None = None
     drop_path_rate: float = Field(0.0, ge=0.0, lt=1.0)
+    # the final norm on every ViT tap: None = the family's dense protocol (``encseg encoders``, models/zoo.py)
+    feature_norm: bool | None = None
     timm_kwargs: dict[str, Any] = Field(default_factory=dict)  # e.g. depth/embed_dim for tiny test encoders
+
+    @field_validator("timm_kwargs", mode="before")
+    @classmethod
+    def _no_kwargs(cls, v: Any) -> Any:
+        return {} if v is None else v  # ``timm_kwargs=null`` on the command line clears a config's kwargs
 
 
 class NeckConfig(Strict):
-    type: Literal["simple_fpn", "multilevel"] = "simple_fpn"
+    # simple_fpn / multilevel: ViT necks; a hierarchical encoder maps its stages with channel_mapper (what
+    # simple_fpn, the default, becomes for it) or passes them on unchanged (identity, as Mask2Former's paper)
+    type: Literal["simple_fpn", "multilevel", "channel_mapper", "identity"] = "simple_fpn"
     channels: int = Field(256, ge=8)
     fuse: bool = False  # multilevel: top-down fusion across levels
 
@@ -134,6 +143,7 @@ class RegimeConfig(Strict):
     last_n: int = Field(0, ge=0)  # trainable final blocks in ``last_n`` mode
     lr_mult: float = Field(0.1, ge=0.0)  # encoder LR relative to the head
     layer_decay: float = Field(1.0, gt=0.0, le=1.0)  # 1.0 disables layer-wise decay
+    freeze_bn: bool = True  # encoder BatchNorm: eval statistics, no gradient (CNN backbones; ViTs have none)
 
     @model_validator(mode="after")
     def _last_n(self) -> RegimeConfig:
@@ -185,9 +195,13 @@ class TrainConfig(Strict):
     poly_power: float = Field(0.9, ge=0.0)
     grad_clip: float | None = Field(0.01, gt=0.0)  # clip by norm; None disables
     accumulate: int = Field(1, ge=1)
-    precision: Literal["auto", "32", "bf16-mixed", "16-mixed"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    # auto: bf16 on CUDA, fp32 on CPU; bf16-true: bf16 weights too (Lightning's "bf16-true"), for huge encoders
+    precision: Literal["auto", "32", "bf16-mixed", "16-mixed", "bf16-true"] = "auto"
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
     devices: int | Literal["auto"] = 1
+    # auto: DDP when several processes, else single-device; fsdp: Lightning's FSDPStrategy (full sharding of
+    # weights, gradients and optimiser states) for encoders that do not fit one GPU (``encseg study plan``)
+    strategy: Literal["auto", "ddp", "fsdp"] = "auto"
     num_nodes: int = Field(1, ge=1)
     val_every: int = Field(5000, ge=1)  # in iterations (budget iters) or epochs (budget epochs)
     log_every: int = Field(50, ge=1)

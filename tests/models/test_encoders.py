@@ -14,10 +14,10 @@ from encseg.models.encoders import (
     build_encoder,
     get_spec,
     list_encoders,
-    print_encoder_table,
     register_encoder,
     resolve_taps,
 )
+from encseg.models.zoo_table import print_encoder_table
 
 TINY = dict(embed_dim=64, depth=4, num_heads=2)
 FAMILY_TINY = {  # one entry per family, shrunk through timm_kwargs
@@ -31,11 +31,18 @@ FAMILY_TINY = {  # one entry per family, shrunk through timm_kwargs
     "sam_vitb16": dict(TINY, global_attn_indexes=[1, 3], window_size=4),
     "supervised_vitb16": TINY,
     "random_vitb16": TINY,
+    "dinov3_vits16": TINY,
+    "pe_spatial_vitb16": TINY,
+    "pe_core_vitb16": TINY,
+    "aimv2_vitl14": TINY,
+    "tipsv2_vitb14": TINY,
 }
 
 
 def test_every_family_has_a_tiny_case():
-    assert {get_spec(n).family for n in FAMILY_TINY} == {get_spec(n).family for n in list_encoders()}
+    """ViT families here; hierarchical ones (ResNet, Swin, ConvNeXt) in test_hierarchical.py."""
+    vit_families = {get_spec(n).family for n in list_encoders() if not get_spec(n).hierarchical}
+    assert {get_spec(n).family for n in FAMILY_TINY} == vit_families
 
 
 @pytest.mark.parametrize("name", list(FAMILY_TINY))
@@ -55,7 +62,9 @@ def test_family_builds_and_taps_any_size(name):
     sum(t.square().mean() for t in enc(torch.randn(1, 3, 64, 64))).backward()
     unused = [n for n, p in enc.named_parameters() if p.grad is None]
     assert not unused
-    assert {enc.layer_id(n) for n, _ in enc.named_parameters()} == set(range(5))
+    # the family's dense protocol keeps the final norm (layer id depth + 1) for every tap
+    assert enc.feature_norm == spec.feature_norm
+    assert {enc.layer_id(n) for n, _ in enc.named_parameters()} == set(range(6 if spec.feature_norm else 5))
 
 
 def test_taps_are_raw_block_outputs_without_prefix_tokens():
@@ -121,10 +130,10 @@ def test_unknown_name_lists_known_ones():
         get_spec("dinov2_vitb16")
     msg = str(err.value)
     assert isinstance(err.value, KeyError)
-    assert "Did you mean 'dinov2_vitb14'" in msg
+    assert "Did you mean" in msg and "'dinov2_vitb14'" in msg.split("Known encoders")[0]
     assert all(n in msg for n in list_encoders())
-    with pytest.raises(ValueError, match="unknown encoder 'resnet50'"):
-        get_spec("resnet50")  # a timm model, but not a ViT
+    with pytest.raises(ValueError, match="neither a ViT nor a hierarchical backbone"):
+        get_spec("mixer_b16_224")  # a timm model, but neither a ViT we tap nor a 4-stage pyramid
     with pytest.raises(ValueError, match="unknown encoder"):
         build_encoder(EncoderConfig(name="vit_base_patch16_224.no_such_tag"), 64)
 
@@ -156,9 +165,9 @@ def test_zoo_entries_resolve_in_timm():
 
 
 def test_register_encoder_by_keyword(monkeypatch):
-    import encseg.models.encoders as encoders
+    import encseg.models.zoo as zoo
 
-    monkeypatch.setattr(encoders, "_ZOO", dict(encoders._ZOO))  # the entry must not leak into other tests
+    monkeypatch.setattr(zoo, "_ZOO", dict(zoo._ZOO))  # the entry must not leak into other tests
     register_encoder("test_vit_tiny_in21k", model="vit_tiny_patch16_224.augreg_in21k", family="mine",
                      notes="user entry")
     spec = get_spec("test_vit_tiny_in21k")
@@ -184,3 +193,18 @@ def test_encoder_table(capsys):
     out = capsys.readouterr().out
     row = next(line for line in out.splitlines() if line.startswith("dinov2_vitb14 "))
     assert "86.6M" in row and "imagenet" in row and "dinov2,timm" in row and " 518 " in row
+
+
+def test_encoder_table_lists_the_2025_families_and_hierarchical_backbones(capsys):
+    print_encoder_table()
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line for line in out.splitlines() if line and not line.startswith(("-", " "))}
+    for name in ("dinov3_vits16", "dinov3_vit7b16", "dinov3_convnext_tiny", "pe_spatial_vitb16", "aimv2_vitl14",
+                 "resnet50", "swin_large", "convnext_tiny", "siglip2_so400m16", "tipsv2_vitb14"):
+        assert name in rows, name
+    assert "feature_norm" in out.splitlines()[0]
+    assert "final norm" in rows["dinov3_vitl16"] and "dinov3,timm" in rows["dinov3_vitl16"]
+    assert " raw " in rows["dinov2_vitb14"]
+    r50 = rows["resnet50"]
+    assert "256/512/1024/2048" in r50 and "4 stages" in r50 and "stages" in r50 and "resnet50.tv_in1k" in r50
+    assert "0.5/0.5" in rows["pe_spatial_vitb16"] and "custom" in rows["dinov3_vitl16_sat"]  # their own mean/std

@@ -62,3 +62,11 @@ def test_pca_rgb_separates_regions():
     rgb = pca_rgb(torch.from_numpy(feat) + 0.01 * torch.randn(16, 4, 4))
     assert rgb.shape == (3, 4, 4) and 0 <= rgb.min() and rgb.max() <= 1
     assert abs(rgb[0, :2].mean() - rgb[0, 2:].mean()) > 0.9  # the first component splits them
+
+
+def test_inspect_a_hierarchical_backbone(tmp_path):
+    rec = inspect_encoder("convnext_tiny", weights="none", out=tmp_path / "c", size=64,
+                          timm_kwargs=dict(depths=[1, 1, 1, 1], dims=[16, 32, 64, 128]))
+    assert rec["taps"] == [[1, 16, 16, 16], [1, 32, 8, 8], [1, 64, 4, 4], [1, 128, 2, 2]]
+    assert [p[1:] for p in rec["pyramid"]] == [[256, 16, 16], [256, 8, 8], [256, 4, 4], [256, 2, 2]]
+    assert len(list((tmp_path / "c").glob("tap*.png"))) == 4

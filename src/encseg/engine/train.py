@@ -32,7 +32,7 @@ from encseg.engine.callbacks import (
     ValidationConfusion,
 )
 from encseg.engine.convergence import Criterion
-from encseg.engine.distributed import is_rank_zero
+from encseg.engine.distributed import is_rank_zero, trainer_strategy
 from encseg.engine.loaders import dev_dataset, eval_dataset, eval_loader, train_dataset, train_loader
 from encseg.engine.logs import LOG_NAME, console_handler, run_log
 from encseg.engine.module import SegmentationModule, ValidationResult
@@ -250,7 +250,7 @@ def fit(cfg: RunConfig, rd: RunDir, seg, classes: list[str], train_ds, val_ds, s
     callbacks += [stop] if stop else []
     trainer = _trainer(cfg, rd, sched, callbacks, show_bar)
     if cfg.train.compile:
-        seg.encoder.vit.compile()
+        seg.encoder.timm_model.compile()
     ckpt = rd.last_ckpt if rd.last_ckpt.is_file() else None
     if ckpt is not None and trainer.is_global_zero:
         log.info("resuming %s from %s", rd.path.name, ckpt)
@@ -266,7 +266,7 @@ def _trainer(cfg: RunConfig, rd: RunDir, sched: Schedule, callbacks: list, show_
     accelerator = _accelerator(cfg)
     return L.Trainer(
         accelerator=accelerator, devices=cfg.train.devices, num_nodes=cfg.train.num_nodes,
-        strategy="ddp" if sched.world_size > 1 else "auto", precision=precision_for(cfg, accelerator),
+        strategy=trainer_strategy(cfg.train.strategy, sched.world_size, accelerator), precision=precision_for(cfg, accelerator),
         max_steps=sched.total_steps, max_epochs=cfg.train.max_epochs if cfg.train.budget == "epochs" else -1,
         accumulate_grad_batches=cfg.train.accumulate,
         gradient_clip_val=cfg.train.grad_clip, gradient_clip_algorithm="norm",

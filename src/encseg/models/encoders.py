@@ -1,13 +1,11 @@
-"""The encoder zoo: named timm ViTs declared by keyword, and ``Encoder``, the module that taps their blocks.
+"""Encoders: ``build_encoder`` for any zoo name (``zoo.py``) or timm name, and ``Encoder``, which taps a ViT.
 
 Conventions
-- A zoo entry (``_cfg``) writes down only what timm does not know: the timm ``arch.tag``, the family, the local
-  checkpoint layouts it accepts, notes, and (only for random-init entries, which have no pretrained_cfg) the name
-  of the mean/std to normalise with. Patch size, width and depth are read from the timm model, mean/std and
-  the native input size from timm's ``pretrained_cfg`` (``get_spec`` derives them on the meta device, cached).
-  Datasets never set any of these.
-- Any other timm ViT architecture name (``vit_*``, ``eva*``, ``samvit_*``, ``deit*``, optionally with a
-  ``.tag``) is accepted as an escape hatch, derived the same way.
+- The zoo is data (``zoo.py``: ``_cfg`` entries); ``specs.get_spec`` completes an entry from timm (patch, width,
+  depth from the model, mean/std and native size from its ``pretrained_cfg``). Datasets never set any of these.
+  Any other timm ViT architecture name (``vit_*``, ``eva*``, ``samvit_*``, ``deit*``, optionally with a
+  ``.tag``) is accepted as an escape hatch, and so is any hierarchical timm backbone (``resnet50``,
+  ``convnext_tiny``, ``swin_*``), which ``hierarchical.py`` builds (4 stage maps; this module's rules are for ViTs).
 - Positional embeddings are resampled at most once between the checkpoint and the input. The encoder keeps the
   checkpoint's own grid: hub weights are built at the pretrained_cfg input size (518 for DINOv2, 224 for CLIP,
   1024 for SAM, ...), a local file at the grid of its own positional table; nothing is resampled at load. Each
@@ -15,6 +13,7 @@ Conventions
   the grids match (DINOv2 at a 512 crop: padded to 518, its native 37 x 37 grid). Random init (no checkpoint)
   builds the table for ``EncoderConfig.img_size`` or else for the padded training crop. ``img_size`` that
   disagrees with a checkpoint's grid is an error, because it would resample twice (at load and per input).
+  RoPE-only ViTs (DINOv3) have no table: any multiple-of-patch crop runs as it is, ``img_size`` is free.
 - The interpolation rule is timm's ``resample_abs_pos_embed``: bicubic, ``align_corners=False``, output size
   given exactly, antialias on (it only acts when shrinking the grid); class/register positions untouched. The
   release code differs at a non-native size: DINOv2's ``interpolate_pos_encoding`` calls bicubic with
@@ -23,8 +22,9 @@ Conventions
   ``resize_pos_embed`` is timm's rule, EVA02 adds a RoPE that timm recomputes for the grid, and OpenAI CLIP and
   SAM's release code only run at the native size (timm's SAM resamples its absolute and relative-position tables
   per input). ``benchmarks/pos_embed_fidelity.py`` measures these; docs/recipes.md section 3 lists the numbers.
-- ``Encoder.forward`` returns one ``(B, D, ceil(H/p), ceil(W/p))`` map per tap: block outputs without the final
-  norm and without prefix tokens (class, registers). Inputs whose size is not a multiple of the patch are padded
+- ``Encoder.forward`` returns one ``(B, D, ceil(H/p), ceil(W/p))`` map per tap: block outputs without prefix
+  tokens (class, registers), raw or with the final norm applied to every tap (``feature_norm``: the family's
+  dense protocol by default, see ``zoo.py``; DINOv3 = ``get_intermediate_layers(..., norm=True)``). Inputs whose size is not a multiple of the patch are padded
   with zeros at the bottom/right first (the same padding as timm's ``dynamic_img_pad``; after normalisation zero
   is the mean colour), so every architecture, SAM included, sees the same grid.
 - Taps (``EncoderConfig.taps``): read as depth fractions when every value lies in (0, 1] -- fraction ``f`` taps
@@ -35,30 +35,20 @@ Conventions
 
 from __future__ import annotations
 
-import difflib
-import functools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import timm
 import torch
 import torch.nn.functional as F
-from timm.data.constants import (
-    IMAGENET_DEFAULT_MEAN,
-    IMAGENET_DEFAULT_STD,
-    IMAGENET_INCEPTION_MEAN,
-    IMAGENET_INCEPTION_STD,
-    OPENAI_CLIP_MEAN,
-    OPENAI_CLIP_STD,
-)
 from torch import nn
 
 from encseg.config import EncoderConfig
 from encseg.errors import EncsegError, InputError
+from encseg.models.hierarchical import HierarchicalEncoder, build_hierarchical
+from encseg.models.specs import EncoderSpec, UnknownEncoderError, get_spec
 from encseg.models.weights import (
-    ALL_FORMATS,
     LoadReport,
     WeightsError,
     checkpoint_grid,
@@ -66,176 +56,14 @@ from encseg.models.weights import (
     open_checkpoint,
     resolve_weights,
 )
+from encseg.models.zoo import NORMS, Stats, list_encoders, register_encoder
 
-Stats = tuple[float, float, float]
-NORMS: dict[str, tuple[Stats, Stats]] = {
-    "imagenet": (tuple(IMAGENET_DEFAULT_MEAN), tuple(IMAGENET_DEFAULT_STD)),
-    "clip": (tuple(OPENAI_CLIP_MEAN), tuple(OPENAI_CLIP_STD)),
-    "0.5/0.5": (tuple(IMAGENET_INCEPTION_MEAN), tuple(IMAGENET_INCEPTION_STD)),
-}
-
-
-class UnknownEncoderError(EncsegError, KeyError, ValueError):
-    """An encoder name that is neither a zoo entry nor a timm ViT; the message lists the known names."""
-
-    def __str__(self) -> str:  # KeyError would quote the whole message
-        return str(self.args[0])
+__all__ = ["NORMS", "Encoder", "EncoderSpec", "TapError", "UnknownEncoderError", "build_encoder", "get_spec",
+           "list_encoders", "register_encoder", "resolve_taps"]
 
 
 class TapError(EncsegError, ValueError):
     """``EncoderConfig.taps`` that cannot be resolved to block indices."""
-
-
-@dataclass(frozen=True)
-class ZooEntry:
-    """What a zoo entry declares (see ``_cfg``); ``get_spec`` adds what timm knows."""
-
-    model: str  # timm "arch.tag"; no tag: random init
-    family: str
-    formats: tuple[str, ...] = ("timm",)
-    norm: str | None = None  # only without a tag: a NORMS name
-    notes: str = ""
-
-
-@dataclass(frozen=True)
-class EncoderSpec:
-    """One encoder, complete. ``arch`` is a timm architecture; ``hub_tag`` its pretrained tag (None: no hub
-    weights); ``native_size`` the input size the released positional table is made for (None: no release)."""
-
-    name: str
-    family: str
-    arch: str
-    hub_tag: str | None
-    patch: int
-    embed_dim: int
-    depth: int
-    mean: Stats
-    std: Stats
-    native_size: int | None = None
-    formats: tuple[str, ...] = ("timm",)  # local checkpoint layouts this entry accepts (see weights.py)
-    default_weights: str = "hub"  # what ``weights: null`` means: "hub" or "none"
-    notes: str = ""
-
-    @property
-    def pretrained_name(self) -> str:
-        """``arch.tag`` as timm's hub knows it (the bare arch when there is no tag)."""
-        return f"{self.arch}.{self.hub_tag}" if self.hub_tag else self.arch
-
-    @property
-    def norm_name(self) -> str:
-        return next((k for k, (m, s) in NORMS.items() if m == self.mean and s == self.std), "custom")
-
-
-def _cfg(model: str, family: str, formats: tuple[str, ...] = ("timm",), norm: str | None = None,
-         notes: str = "") -> ZooEntry:
-    """A zoo entry by keyword: the timm ``arch.tag`` and only what timm does not know."""
-    bad = set(formats) - set(ALL_FORMATS)
-    if bad:
-        raise ValueError(f"encoder {model!r}: unknown checkpoint formats {sorted(bad)}; known: {ALL_FORMATS}")
-    tagged = "." in model
-    if tagged == (norm is not None) or (norm is not None and norm not in NORMS):
-        raise ValueError(f"encoder {model!r}: give norm (one of {sorted(NORMS)}) exactly when there is no "
-                         "pretrained tag; a tagged entry takes mean/std from timm's pretrained_cfg")
-    return ZooEntry(model=model, family=family, formats=tuple(formats), norm=norm, notes=notes)
-
-
-_DV2, _CLIP_FMT, _OCT = ("dinov2", "timm"), ("clip", "timm"), ("openclip_timm", "timm")
-_ZOO: dict[str, ZooEntry] = {
-    "clip_openai_vitb16": _cfg("vit_base_patch16_clip_quickgelu_224.openai", "clip", _CLIP_FMT,
-                               notes="OpenAI CLIP; QuickGELU arch (the plain _clip_ arch uses GELU and drifts)"),
-    "clip_openai_vitl14": _cfg("vit_large_patch14_clip_quickgelu_224.openai", "clip", _CLIP_FMT,
-                               notes="OpenAI CLIP; QuickGELU arch"),
-    "clip_laion_vitb16": _cfg("vit_base_patch16_clip_224.laion2b", "clip", _CLIP_FMT, notes="OpenCLIP LAION-2B"),
-    "clip_laion_vitl14": _cfg("vit_large_patch14_clip_224.laion2b", "clip", _CLIP_FMT,
-                              notes="OpenCLIP LAION-2B; trained with 0.5/0.5, not the CLIP mean/std"),
-    "dinov2_vits14": _cfg("vit_small_patch14_dinov2.lvd142m", "dinov2", _DV2),
-    "dinov2_vitb14": _cfg("vit_base_patch14_dinov2.lvd142m", "dinov2", _DV2),
-    "dinov2_vitl14": _cfg("vit_large_patch14_dinov2.lvd142m", "dinov2", _DV2),
-    "dinov2_vitg14": _cfg("vit_giant_patch14_dinov2.lvd142m", "dinov2", _DV2, notes="SwiGLU MLP"),
-    "dinov2_vits14_reg": _cfg("vit_small_patch14_reg4_dinov2.lvd142m", "dinov2", _DV2, notes="4 registers"),
-    "dinov2_vitb14_reg": _cfg("vit_base_patch14_reg4_dinov2.lvd142m", "dinov2", _DV2, notes="4 registers"),
-    "dinov2_vitl14_reg": _cfg("vit_large_patch14_reg4_dinov2.lvd142m", "dinov2", _DV2, notes="4 registers"),
-    "dinov2_vitg14_reg": _cfg("vit_giant_patch14_reg4_dinov2.lvd142m", "dinov2", _DV2,
-                              notes="4 registers, SwiGLU MLP"),
-    "mae_vitb16": _cfg("vit_base_patch16_224.mae", "mae", ("mae", "timm")),
-    "mae_vitl16": _cfg("vit_large_patch16_224.mae", "mae", ("mae", "timm")),
-    "mae_vith14": _cfg("vit_huge_patch14_224.mae", "mae", ("mae", "timm")),
-    "siglip_vitb16": _cfg("vit_base_patch16_siglip_224.webli", "siglip", _OCT, notes="no class token"),
-    "siglip_vitl16": _cfg("vit_large_patch16_siglip_256.webli", "siglip", _OCT, notes="no class token; 256 px"),
-    "siglip2_vitb16": _cfg("vit_base_patch16_siglip_224.v2_webli", "siglip2", _OCT, notes="no class token"),
-    "siglip2_vitl16": _cfg("vit_large_patch16_siglip_256.v2_webli", "siglip2", _OCT,
-                           notes="no class token; 256 px"),
-    "eva02_vitb14": _cfg("eva02_base_patch14_224.mim_in22k", "eva02", ("eva02", "timm"), notes="RoPE, SwiGLU"),
-    "eva02_vitl14": _cfg("eva02_large_patch14_224.mim_in22k", "eva02", ("eva02", "timm"), notes="RoPE, SwiGLU"),
-    "sam_vitb16": _cfg("samvit_base_patch16.sa1b", "sam", ("sam", "timm"),
-                       notes="windowed attention; built at its native 1024 px, resamples pos/rel-pos per input"),
-    "sam_vitl16": _cfg("samvit_large_patch16.sa1b", "sam", ("sam", "timm"), notes="see sam_vitb16"),
-    "sam_vith16": _cfg("samvit_huge_patch16.sa1b", "sam", ("sam", "timm"), notes="see sam_vitb16"),
-    "supervised_vitb16": _cfg("vit_base_patch16_224.augreg_in21k", "supervised",
-                              notes="ImageNet-21k classification"),
-    "supervised_vitl16": _cfg("vit_large_patch16_224.augreg_in21k", "supervised",
-                              notes="ImageNet-21k classification"),
-    "random_vits16": _cfg("vit_small_patch16_224", "random", norm="imagenet", notes="random init"),
-    "random_vitb16": _cfg("vit_base_patch16_224", "random", norm="imagenet", notes="random init"),
-    "random_vitl16": _cfg("vit_large_patch16_224", "random", norm="imagenet", notes="random init"),
-    "random_vitb14": _cfg("vit_base_patch14_dinov2", "random", norm="imagenet",
-                          notes="random init, DINOv2 architecture (layer scale)"),
-}
-
-
-def register_encoder(name: str, **entry) -> None:
-    """Add an entry to the zoo by keyword (``_cfg``'s arguments), e.g. from user code before building a config
-    that names it: ``register_encoder("my_vit", model="vit_base_patch16_224.augreg_in21k", family="mine")``."""
-    if name in _ZOO:
-        raise ValueError(f"encoder {name!r} is already registered")
-    _ZOO[name] = _cfg(**entry)
-
-
-def list_encoders(family: str | None = None) -> list[str]:
-    return [n for n, e in _ZOO.items() if family is None or e.family == family]
-
-
-# timm modules whose models follow the ViT interface we rely on (patch_embed, blocks, forward_intermediates)
-_VIT_MODULES = ("vision_transformer", "eva", "vision_transformer_sam", "deit")
-
-
-@functools.lru_cache(maxsize=1)
-def _timm_vit_archs() -> frozenset[str]:
-    return frozenset(a for m in _VIT_MODULES for a in timm.list_models(module=m))
-
-
-@functools.lru_cache(maxsize=128)
-def _from_timm(name: str, entry: ZooEntry) -> EncoderSpec:
-    """``entry`` completed from timm: the architecture's shapes (meta device) and the pretrained_cfg."""
-    arch, _, tag = entry.model.partition(".")
-    with torch.device("meta"):  # no memory, no init cost: only the shapes are read
-        vit = timm.create_model(arch, pretrained=False, num_classes=0)
-    released = entry.norm is None  # zoo random entries name their norm; everything else has a release
-    cfg = timm.models.get_pretrained_cfg(entry.model) if released else None
-    mean, std = (tuple(cfg.mean), tuple(cfg.std)) if cfg is not None else NORMS[entry.norm or "imagenet"]
-    hub = cfg is not None and bool(cfg.hf_hub_id or cfg.url)
-    return EncoderSpec(
-        name=name, family=entry.family, arch=arch, hub_tag=(tag or cfg.tag or None) if cfg is not None else None,
-        patch=int(vit.patch_embed.patch_size[0]), embed_dim=int(vit.embed_dim), depth=len(vit.blocks),
-        mean=mean, std=std, native_size=int(cfg.input_size[-1]) if cfg is not None else None,
-        formats=entry.formats, default_weights="hub" if hub else "none", notes=entry.notes,
-    )
-
-
-def get_spec(name: str) -> EncoderSpec:
-    """The zoo entry ``name``, or a spec derived from timm for any other timm ViT architecture (``arch[.tag]``)."""
-    if name in _ZOO:
-        return _from_timm(name, _ZOO[name])
-    arch, _, tag = name.partition(".")
-    if arch in _timm_vit_archs() and (not tag or name in timm.list_models(arch, pretrained=True)):
-        return _from_timm(name, ZooEntry(model=name, family="timm", formats=ALL_FORMATS,
-                                         notes="timm architecture outside the zoo"))
-    close = difflib.get_close_matches(name, list(_ZOO), n=3, cutoff=0.4)
-    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    raise UnknownEncoderError(
-        f"unknown encoder {name!r}.{hint} Known encoders: {', '.join(_ZOO)}; "
-        f"or any timm ViT architecture (timm.list_models(module='vision_transformer'), 'eva', 'vision_transformer_sam')."
-    )
 
 
 # --------------------------------------------------------------------------------------------- taps
@@ -262,11 +90,14 @@ _EMBED_PARAMS = ("cls_token", "reg_token", "dist_token", "pos_embed", "patch_emb
 class Encoder(nn.Module):
     """A timm ViT that returns one feature map per tapped block (see the module docstring for conventions)."""
 
+    hierarchical = False
+
     def __init__(self, spec: EncoderSpec, vit: nn.Module, tap_indices: list[int], depth: int,
-                 load_report: LoadReport):
+                 load_report: LoadReport, feature_norm: bool = False):
         super().__init__()
         self.spec = spec
         self.vit = vit
+        self.feature_norm = feature_norm
         self.tap_indices = list(tap_indices)
         self.depth = depth
         self.patch_size = int(vit.patch_embed.patch_size[0])
@@ -284,7 +115,8 @@ class Encoder(nn.Module):
         if pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h))
         feats = self.vit.forward_intermediates(
-            x, indices=self._unique_taps, output_fmt="NCHW", intermediates_only=True, stop_early=True
+            x, indices=self._unique_taps, norm=self.feature_norm, output_fmt="NCHW", intermediates_only=True,
+            stop_early=True,
         )
         by_index = dict(zip(self._unique_taps, feats, strict=True))
         return [by_index[i] for i in self.tap_indices]
@@ -304,6 +136,19 @@ class Encoder(nn.Module):
             return 0
         return self.depth + 1
 
+    @property
+    def layer_count(self) -> int:
+        """Number of ``layer_id`` values (embeddings, blocks, after): decay exponent ``layer_count - 1 - id``."""
+        return self.depth + 2
+
+    @property
+    def timm_model(self) -> nn.Module:
+        return self.vit
+
+    def stage_of(self, param_name: str) -> int:
+        """-1 embeddings, ``i`` block ``i``, ``depth`` after the blocks: the unit ``last_n`` regimes count."""
+        return self.layer_id(param_name) - 1
+
 
 def _timm_kwargs(spec: EncoderSpec, cfg: EncoderConfig, pos_size: int) -> dict:
     kwargs: dict = dict(num_classes=0, drop_path_rate=cfg.drop_path_rate)
@@ -318,6 +163,9 @@ def _timm_kwargs(spec: EncoderSpec, cfg: EncoderConfig, pos_size: int) -> dict:
 def _pos_size(spec: EncoderSpec, cfg: EncoderConfig, checkpoint_size: int | None, input_size: int | None) -> int:
     """The input size the positional table is built for: the checkpoint's own (rule in the module docstring)."""
     patch = int(cfg.timm_kwargs.get("patch_size", spec.patch))
+    if not spec.abs_pos:  # RoPE only: the rotary grid is recomputed for every input, nothing to resample
+        size = cfg.img_size or checkpoint_size or input_size or spec.native_size or 224
+        return math.ceil(size / patch) * patch
     if checkpoint_size is None:  # random init: the table is learnt at the training grid
         size = cfg.img_size or input_size or spec.native_size or 224
         return math.ceil(size / patch) * patch
@@ -330,7 +178,7 @@ def _pos_size(spec: EncoderSpec, cfg: EncoderConfig, checkpoint_size: int | None
     return checkpoint_size
 
 
-def build_encoder(cfg: EncoderConfig, img_size: int | None = None) -> Encoder:
+def build_encoder(cfg: EncoderConfig, img_size: int | None = None) -> Encoder | HierarchicalEncoder:
     """Build ``cfg.name`` with its weights, its positional table at the checkpoint's own grid.
 
     ``img_size`` (the padded training input) sizes the table only without a checkpoint (random init), where
@@ -338,9 +186,12 @@ def build_encoder(cfg: EncoderConfig, img_size: int | None = None) -> Encoder:
     entries, "none" for ``random_*``); "hub" -> timm's hub (fails fast offline); "none" -> random init; anything
     else -> a local checkpoint file in one of the entry's formats (see ``weights.py``). Blocks after the last tap,
     the final norm and the head are pruned after loading; ``depth`` and ``layer_id`` still count the full
-    architecture.
+    architecture. ``cfg.feature_norm`` (None: the entry's ``feature_norm``) keeps the final norm and applies it to
+    every tap. A hierarchical backbone is built by ``hierarchical.build_hierarchical`` (its 4 stage maps).
     """
     spec = get_spec(cfg.name)
+    if spec.hierarchical:
+        return build_hierarchical(spec, cfg)
     source = resolve_weights(spec.default_weights, cfg.weights)
     if source == "hub":
         if spec.hub_tag is None:
@@ -367,8 +218,12 @@ def build_encoder(cfg: EncoderConfig, img_size: int | None = None) -> Encoder:
                                           checkpoint=checkpoint)
     depth = len(vit.blocks)
     taps = resolve_taps(cfg.taps, depth)
-    vit.prune_intermediate_layers(sorted(set(taps)), prune_norm=True, prune_head=True)
-    return Encoder(spec, vit, taps, depth, report)
+    feature_norm = spec.feature_norm if cfg.feature_norm is None else cfg.feature_norm
+    if feature_norm and isinstance(getattr(vit, "norm", None), (nn.Identity, type(None))):
+        raise InputError(f"model.encoder.feature_norm=true: {spec.name} ({spec.arch}) has no final norm on its "
+                         "tokens (its norm sits after pooling); set feature_norm: false")
+    vit.prune_intermediate_layers(sorted(set(taps)), prune_norm=not feature_norm, prune_head=True)
+    return Encoder(spec, vit, taps, depth, report, feature_norm=feature_norm)
 
 
 def _create(spec: EncoderSpec, cfg: EncoderConfig, kwargs: dict) -> nn.Module:
@@ -377,47 +232,3 @@ def _create(spec: EncoderSpec, cfg: EncoderConfig, kwargs: dict) -> nn.Module:
     except TypeError as e:  # a misspelt model.encoder.timm_kwargs key reaches timm's constructor
         raise InputError(f"encoder {spec.name!r} ({spec.arch}): model.encoder.timm_kwargs "
                          f"{sorted(cfg.timm_kwargs)} rejected by timm: {e}") from e
-
-
-# --------------------------------------------------------------------------------------------- table
-def count_params(spec: EncoderSpec) -> int:
-    """Parameters of the full architecture (head included), counted on the meta device (no memory, fast)."""
-    with torch.device("meta"):
-        vit = timm.create_model(spec.arch, pretrained=False, num_classes=0)
-    return sum(p.numel() for p in vit.parameters())
-
-
-def _hub_id(spec: EncoderSpec) -> str:
-    if spec.hub_tag is None:
-        return "-"
-    cfg = timm.models.get_pretrained_cfg(spec.pretrained_name)
-    return (cfg.hf_hub_id or cfg.url or spec.pretrained_name) if cfg is not None else spec.pretrained_name
-
-
-def encoder_table(params: bool = False) -> list[list[str]]:
-    """Rows (with a header row) of the zoo table that ``encseg encoders`` prints."""
-    header = ["name", "family", "timm architecture", "patch", "width", "depth", "native px"]
-    header += ["params"] if params else []
-    header += ["norm", "hub", "local formats"]
-    rows = [header]
-    for name in _ZOO:
-        spec = get_spec(name)
-        row = [spec.name, spec.family, spec.pretrained_name, str(spec.patch), str(spec.embed_dim), str(spec.depth),
-               str(spec.native_size or "-")]
-        if params:
-            row.append(f"{count_params(spec) / 1e6:.1f}M")
-        row += [spec.norm_name, _hub_id(spec), ",".join(spec.formats)]
-        rows.append(row)
-    return rows
-
-
-def print_encoder_table(params: bool = False) -> None:
-    rows = encoder_table(params)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for k, row in enumerate(rows):
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-        if k == 0:
-            print("  ".join("-" * w for w in widths))
-    print("\nAny other timm ViT architecture name is accepted too (mean/std from its timm pretrained_cfg).")
-    print("weights: null = the entry's default (hub, or none for random_*); 'hub'; 'none'; or a local file.")
-    print("native px: the positional table's size; other inputs resample it once per forward.")

@@ -103,7 +103,10 @@ def _pyramid_shapes(encoder: Encoder, taps: list[torch.Tensor], size: tuple[int,
         if e.name != "encseg.models.necks":  # a broken necks module must fail loudly, not vanish
             raise
         return None
-    neck = necks.build_neck(NeckConfig(), encoder.embed_dim, len(taps), encoder.patch_size).eval()
+    if encoder.hierarchical:  # the stage maps already are the pyramid: the default neck maps their channels
+        neck = necks.build_pyramid_neck(NeckConfig(), encoder.channels).eval()
+    else:
+        neck = necks.build_neck(NeckConfig(), encoder.embed_dim, len(taps), encoder.patch_size).eval()
     with torch.no_grad():
         return [list(p.shape) for p in neck(taps, size)]
 
@@ -154,8 +157,9 @@ def inspect_encoder(name: str, weights: str | None = None, image: str | Path | N
     pictures = []
     for k, (idx, feat) in enumerate(zip(encoder.tap_indices, taps, strict=True)):
         f = feat[0].float()
-        rgb = _to_pixels(pca_rgb(f), encoder.patch_size, height, width).clamp(0, 1)
-        norm = _to_pixels(f.norm(dim=0, keepdim=True), encoder.patch_size, height, width)[0]
+        stride = encoder.strides[k] if encoder.hierarchical else encoder.patch_size
+        rgb = _to_pixels(pca_rgb(f), stride, height, width).clamp(0, 1)
+        norm = _to_pixels(f.norm(dim=0, keepdim=True), stride, height, width)[0]
         fname = f"tap{k}_block{idx}.png"
         _save_png(out / fname, img, rgb, norm, f"{name}: block {idx} ({f.shape[1]}x{f.shape[2]} patches)")
         pictures.append(fname)

@@ -1,4 +1,4 @@
-"""Necks: the only adapter between a ViT encoder and the segmentation head (identical for every encoder).
+"""Necks: the only adapter between an encoder and the segmentation head (identical for every encoder of a kind).
 
 A neck turns the encoder's tap maps (one ``(B, D, h, w)`` map per tapped block, at the encoder's patch stride)
 into a 4-level pyramid at strides 4/8/16/32 of the image: level ``s`` has exactly ``ceil(H/s) x ceil(W/s)``
@@ -22,6 +22,14 @@ Two necks (a recorded experimental choice: the run config says which one was use
   stride 32), as in mmseg's ``MultiLevelNeck`` for ViT + UperNet: a lateral Conv1x1-LN2d to ``channels``,
   resampling onto the level's grid (as above), optional top-down fusion (``fuse``: each level adds the
   bilinearly upsampled, already fused, level below it, deepest first, as in FPN), then Conv3x3-LN2d.
+
+A hierarchical encoder (ResNet, ConvNeXt, Swin: ``models/hierarchical.py``) already gives the 4 levels; its
+necks only map channels (``build_pyramid_neck``):
+
+- ``channel_mapper`` (also what ``simple_fpn``, the default, means for such an encoder): per level a
+  Conv1x1-GroupNorm(32) to ``channels``, as mmdet's ``ChannelMapper``.
+- ``identity``: the stage maps as they are, each at its own width (the Mask2Former paper's R50/Swin setting:
+  the pixel decoder's own 1x1 input projections do the mapping).
 """
 
 from __future__ import annotations
@@ -160,8 +168,45 @@ class MultiLevelNeck(Neck):
         return [proj(x) for proj, x in zip(self.out, levels, strict=True)]
 
 
+class ChannelMapper(nn.Module):
+    """A hierarchical encoder's 4 stage maps, each mapped to ``channels`` (module docstring); ``identity``
+    (``channels=None``) passes them on at their own widths."""
+
+    strides = STRIDES
+
+    def __init__(self, in_channels: list[int], channels: int | None):
+        super().__init__()
+        if len(in_channels) != len(STRIDES):
+            raise NeckError(f"a pyramid neck needs {len(STRIDES)} stage maps, the encoder gives {len(in_channels)}")
+        if channels is not None and channels % 32:
+            raise NeckError(f"model.neck.channels={channels}: channel_mapper uses GroupNorm(32), give a multiple of 32")
+        self.in_channels = list(in_channels)
+        self.channels = list(in_channels) if channels is None else [channels] * len(STRIDES)
+        self.maps = nn.ModuleList() if channels is None else nn.ModuleList(
+            [nn.Sequential(nn.Conv2d(c, channels, 1, bias=False), nn.GroupNorm(32, channels)) for c in in_channels])
+
+    def forward(self, taps: list[Tensor], image_size: tuple[int, int]) -> list[Tensor]:
+        if [t.shape[1] for t in taps] != self.in_channels:
+            raise NeckError(f"stage maps of widths {[t.shape[1] for t in taps]}; expected {self.in_channels}")
+        levels = [fit(t, level_size(image_size, s)) for t, s in zip(taps, STRIDES, strict=True)]
+        return [m(x) for m, x in zip(self.maps, levels, strict=True)] if len(self.maps) else levels
+
+
+def build_pyramid_neck(cfg: NeckConfig, in_channels: list[int]) -> ChannelMapper:
+    """The neck for a hierarchical encoder whose stages have widths ``in_channels`` (module docstring)."""
+    if cfg.type in ("channel_mapper", "simple_fpn"):
+        return ChannelMapper(in_channels, cfg.channels)
+    if cfg.type == "identity":
+        return ChannelMapper(in_channels, None)
+    raise NeckError(f"model.neck.type={cfg.type!r} is a ViT neck; a hierarchical encoder already has a pyramid: "
+                    "use channel_mapper or identity")
+
+
 def build_neck(cfg: NeckConfig, embed_dim: int, num_taps: int, patch_size: int) -> Neck:
     """The neck of ``cfg.type`` for an encoder of width ``embed_dim`` with ``num_taps`` taps."""
+    if cfg.type in ("channel_mapper", "identity"):
+        raise NeckError(f"model.neck.type={cfg.type!r} is for hierarchical encoders (4 stage maps); a ViT needs "
+                        "simple_fpn or multilevel")
     if cfg.type == "simple_fpn":
         if embed_dim % 4:
             raise NeckError(f"simple_fpn halves the width twice: embed_dim={embed_dim} must be divisible by 4")
@@ -171,4 +216,5 @@ def build_neck(cfg: NeckConfig, embed_dim: int, num_taps: int, patch_size: int) 
     raise NeckError(f"unknown model.neck.type {cfg.type!r} (known: simple_fpn, multilevel)")
 
 
-__all__ = ["STRIDES", "MultiLevelNeck", "Neck", "NeckError", "SimpleFPN", "build_neck", "fit", "level_size", "resample"]
+__all__ = ["STRIDES", "ChannelMapper", "MultiLevelNeck", "Neck", "NeckError", "SimpleFPN", "build_neck",
+           "build_pyramid_neck", "fit", "level_size", "resample"]

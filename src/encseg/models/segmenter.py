@@ -32,7 +32,7 @@ from encseg.data.transforms import IMAGE_PAD
 from encseg.errors import EncsegError, MissingFileError
 from encseg.models.encoders import build_encoder
 from encseg.models.heads import IGNORE_INDEX, build_head
-from encseg.models.necks import build_neck
+from encseg.models.necks import build_neck, build_pyramid_neck
 from encseg.models.regimes import apply_regime
 
 # A multiple of the pyramid's coarsest stride: every level then has exactly H/s cells (no partial cells),
@@ -164,8 +164,9 @@ def neck_head_seed(seed: int) -> int:
 
 def build_segmenter(model: ModelConfig, num_classes: int, img_size: int, seed: int | None = None) -> Segmenter:
     """Encoder (with its weights) + neck + head for ``num_classes`` classes, with ``model.regime`` applied.
-    The ``linear`` head reads the encoder's last tap directly (no neck). ``img_size`` is the training crop; it
-    sizes the encoder's positional table only for a random init (a checkpoint keeps its own grid).
+    The ``linear`` head reads the encoder's last tap directly (no neck); a hierarchical encoder's stage maps go
+    through a channel mapper (``necks.build_pyramid_neck``). ``img_size`` is the training crop; it sizes the
+    encoder's positional table only for a random init (a checkpoint keeps its own grid).
 
     With ``seed``, torch's global generator is reseeded (``neck_head_seed``) after the encoder is built: how many
     random numbers an encoder's initialisation draws depends on its architecture, so without the reseed two
@@ -176,6 +177,9 @@ def build_segmenter(model: ModelConfig, num_classes: int, img_size: int, seed: i
         torch.manual_seed(neck_head_seed(seed))
     if model.head.type == "linear":
         neck, in_channels = None, [encoder.embed_dim]
+    elif encoder.hierarchical:  # its stages are the pyramid: the neck maps channels only
+        neck = build_pyramid_neck(model.neck, encoder.channels)
+        in_channels = list(neck.channels)
     else:
         neck = build_neck(model.neck, encoder.embed_dim, len(encoder.tap_indices), encoder.patch_size)
         in_channels = list(neck.channels)
@@ -196,7 +200,7 @@ def save_segmenter(seg: Segmenter, directory: str | Path, extra: dict[str, Any] 
         "model": seg.config.model_dump(mode="json"),
         "num_classes": seg.num_classes,
         "img_size": seg.img_size,
-        "encoder_pos_size": int(seg.encoder.pos_size),
+        "encoder_pos_size": None if seg.encoder.pos_size is None else int(seg.encoder.pos_size),
     }
     clash = sorted(set(extra or {}) & set(meta))
     if clash:

@@ -6,12 +6,14 @@ Reading never runs pickled Python: ``.safetensors`` through safetensors, OpenAI'
 the first of ``model``, ``module``, ``state_dict``, ``model_ema`` holding a dict (MAE's ``{'model': ...}``).
 
 Conversion is timm's own: the ``checkpoint_filter_fn`` of the module that defines the model class
-(``vision_transformer``, ``eva``, ``vision_transformer_sam``) renames keys and resamples the positional
+(``vision_transformer``, ``eva``, ``vision_transformer_sam``, ``convnext``, ``swin_transformer``, ...) renames keys and resamples the positional
 embedding to the model's grid. The converted keys must then match the model exactly. Dropped without a
 complaint, because a segmentation encoder never uses them:
 - by timm's filter: the CLIP text tower and ``logit_scale``, SAM ``prompt_encoder.*``/``mask_decoder.*``, the
-  DINOv2 ``mask_token``, the EVA02 MIM ``mask_token``/``lm_head.*`` and rope buffers, ``pre_logits``;
-- here: ``head.*``/``head_dist.*`` (classifiers, and CLIP's image projection ``visual.proj`` which the filter
+  DINOv2 ``mask_token``, the EVA02 MIM ``mask_token``/``lm_head.*`` and rope buffers, ``pre_logits``, the DINOv3
+  ``mask_token``/``rope_embed.periods``/``qkv.bias_mask``/``local_cls_norm`` (the k bias is masked to 0, so
+  ``qkv.bias`` splits into q/v biases; a non-zero bias for an arch without one raises), ConvNeXt ``norms.*``;
+- here: ``head.*``/``head_dist.*``/``fc.*`` (classifiers, and CLIP's image projection ``visual.proj`` which the filter
   turns into ``head.weight``) and, in a full MAE training dict, ``decoder_*`` and ``mask_token``.
 Any other missing or unexpected key, or a shape mismatch, raises ``WeightsError`` unless it starts with one of
 ``ignore_prefixes`` (matched against the converted, timm-side names that the error message shows).
@@ -33,18 +35,20 @@ from torch import nn
 from encseg.errors import EncsegError, MissingFileError
 
 # detect_format() names; an entry's ``formats`` lists the ones it accepts
-ALL_FORMATS = ("timm", "clip", "openclip_timm", "dinov2", "mae", "sam", "eva02")
+ALL_FORMATS = ("timm", "clip", "openclip_timm", "dinov2", "dinov3", "mae", "sam", "eva02", "convnext")
 FORMAT_HELP = {
     "timm": "timm state dict (.safetensors / .pth), e.g. a timm hub model.safetensors or mae_pretrain_*.pth",
     "clip": "OpenAI CLIP TorchScript .pt or OpenCLIP .bin/.pt/.safetensors (visual.* + text tower)",
     "openclip_timm": "OpenCLIP model with a timm trunk (visual.trunk.*), e.g. open_clip's ViT-B-16-SigLIP .bin",
     "dinov2": "DINOv2 release .pth (mask_token, blocks.N.ls1.gamma, register_tokens)",
+    "dinov3": "DINOv3 ViT release .pth (storage_tokens, rope_embed.periods, blocks.N.ls1.gamma, mask_token)",
     "mae": "full MAE training state dict (encoder + decoder_*, mask_token)",
     "sam": "SAM sam_vit_*.pth (image_encoder.* + prompt_encoder.* + mask_decoder.*)",
     "eva02": "EVA02 MIM release .pt (mask_token, q_proj/q_bias/v_bias, mlp.w1/w2/w3/ffn_ln, lm_head)",
+    "convnext": "ConvNeXt release .pth, FB or DINOv3 (downsample_layers.N, stages.N.M.dwconv/pwconv1)",
 }
 _WRAPPERS = ("model", "module", "state_dict", "model_ema")
-_HEAD_PREFIXES = ("head.", "head_dist.")
+_HEAD_PREFIXES = ("head.", "head_dist.", "fc.")  # fc: ResNet's classifier
 _SHOW = 20  # keys listed per category in an error message
 
 
@@ -173,6 +177,10 @@ def detect_format(state_dict: dict[str, torch.Tensor]) -> str:
         return "clip"
     if any(k.startswith("decoder_") for k in keys):
         return "mae"
+    if "storage_tokens" in keys or any(k.startswith("rope_embed.") for k in keys):
+        return "dinov3"  # before the mask_token test: DINOv3 has one too, but is not DINOv2
+    if any(k.startswith("downsample_layers.") for k in keys):
+        return "convnext"
     if "mask_token" in keys or "register_tokens" in keys:
         eva_like = any(".attn.q_proj." in k or ".mlp.w1." in k or ".mlp.ffn_ln." in k for k in keys)
         return "eva02" if eva_like or "lm_head.weight" in keys else "dinov2"
@@ -183,6 +191,16 @@ def _filter_fn(model: nn.Module):
     module = sys.modules[type(model).__module__]
     fn = getattr(module, "checkpoint_filter_fn", None)
     return fn if fn is not None else (lambda sd, m: sd)
+
+
+def _check_dinov3_bias(sd: dict[str, torch.Tensor], vit: nn.Module, path: Path, arch: str) -> None:
+    """timm's DINOv3 filter drops ``qkv.bias`` when the model has no q/v bias (the distilled releases' biases
+    are zero); a non-zero one would be lost silently, so it must go to the ``_qkvb`` architecture instead."""
+    has_bias = any(n.endswith(".q_bias") for n, _ in vit.named_parameters())
+    nonzero = [k for k, v in sd.items() if k.endswith("attn.qkv.bias") and bool(v.abs().max() > 0)]
+    if nonzero and not has_bias:
+        raise WeightsError(f"{path}: this DINOv3 checkpoint has non-zero qkv biases ({nonzero[0]}, ...) but {arch} "
+                           f"has none; use the {arch}_qkvb architecture (the dinov3_* zoo entries do)")
 
 
 def _listing(title: str, keys: list[str]) -> str:
@@ -206,6 +224,8 @@ def load_encoder_weights(vit: nn.Module, arch: str, path: str | Path, ignore_pre
         accepted = "; ".join(f"{f}: {FORMAT_HELP[f]}" for f in formats)
         raise WeightsError(f"{path} looks like a {fmt} checkpoint ({FORMAT_HELP[fmt]}); {arch} accepts {accepted}")
     ignored: list[str] = []
+    if fmt == "dinov3":
+        _check_dinov3_bias(sd, vit, path, arch)
     if fmt == "mae":
         ignored = [k for k in sd if k.startswith("decoder_") or k == "mask_token"]
         sd = {k: v for k, v in sd.items() if k not in ignored}

@@ -117,6 +117,7 @@ class CostConfig(Strict):
     # train-split sizes by dataset name, for planning when the data is not on disk (the study plan counts
     # the images on disk when it can)
     train_images: dict[str, int] = Field(default_factory=dict)
+    gpu_mem_gb: float = Field(80.0, gt=0.0)  # memory of one GPU: the plan warns about cells estimated above it
 
 
 class StudyConfig(Strict):

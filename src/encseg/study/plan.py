@@ -8,6 +8,7 @@ from encseg.config import RunConfig
 from encseg.study.config import StudyConfig
 from encseg.study.cost import converge_lines, study_cost
 from encseg.study.grid import cell_state, config_drift, expand, load_study, runs_root, study_dir
+from encseg.study.memory import memory_lines
 
 
 # ------------------------------------------------------------------------------------------------ CLI
@@ -31,18 +32,20 @@ def budget_rule(runs: list[RunConfig]) -> str:
 def format_plan(study: StudyConfig, runs: list[RunConfig], out: str | Path | None = None) -> str:
     root = runs_root(study, out)
     cost = study_cost(study, runs, out)
-    header = ("run id", "encoder", "regime", "dataset", "fraction", "seed", "images", "iterations", "state")
+    header = ("run id", "encoder", "regime", "dataset", "fraction", "seed", "images", "iterations", "mem/GPU",
+              "state")
+    mem_cells, mem_warnings = memory_lines(study.cost.gpu_mem_gb, runs)
     rows = []
     states: dict[str, int] = {}
     drifted = []
-    for cfg, c in zip(runs, cost.cells, strict=True):
+    for cfg, c, mem in zip(runs, cost.cells, mem_cells, strict=True):
         state = cell_state(cfg, root)
         states[state] = states.get(state, 0) + 1
         if state != "new" and config_drift(cfg, root):
             drifted.append(c.run_id)
         rows.append((c.run_id, cfg.tags["encoder"], cfg.tags["regime"], cfg.tags["train_dataset"],
                      f"{cfg.data.fraction:g}", str(cfg.seed), "?" if c.train_images is None else str(c.train_images),
-                     "unknown" if c.iterations is None else str(c.iterations), state))
+                     "unknown" if c.iterations is None else str(c.iterations), mem, state))
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = [f"study {study.name}: {study_dir(study, out)}", f"budget: {budget_rule(runs)}", ""]
     lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]]
@@ -58,6 +61,8 @@ def format_plan(study: StudyConfig, runs: list[RunConfig], out: str | Path | Non
         lines[-1] += " (converge runs counted at max_iters)"
     lines += converge_lines(study, runs, cost)
     lines += [f"note: {n}" for n in cost.notes]
+    lines.append(f"mem/GPU: estimated peak per GPU (study/memory.py, +-30 %); cost.gpu_mem_gb = {study.cost.gpu_mem_gb:g}")
+    lines += mem_warnings
     if drifted:
         lines.append(f"warning: {len(drifted)} run(s) on disk were made with a different config: "
                      f"{', '.join(drifted[:5])}{' ...' if len(drifted) > 5 else ''}")
