@@ -58,6 +58,9 @@ def test_batched_evaluation_equals_batch_one(mixed, batch):
     assert many.metrics == one.metrics
     assert many.files == one.files and len(many.files) == 7
     np.testing.assert_allclose(many.per_image_miou, one.per_image_miou, rtol=0, atol=1e-12)
+    for k in (0, 1):  # the per-image (intersection, union) areas the image bootstrap resamples, in image order
+        np.testing.assert_array_equal(np.concatenate([a[k] for a in many.image_areas]),
+                                      np.concatenate([a[k] for a in one.image_areas]))
 
 
 def test_evaluation_runs_under_the_given_precision(mixed):

@@ -153,9 +153,9 @@ def evaluate(segmenter, loader, e: EvalConfig, crop_size: int, class_names: list
     ``loader`` yields batches ``{"image": (B,3,H,W) normalised, "target": (B,H,W) train ids at the original size,
     "path": [...]}``, or lists of same-size groups of them (``loaders.collate_by_size``, each with its
     ``positions`` in the batch); the per-image lists and areas follow the loader's order. ``class_names`` are the
-    scored classes: the training classes, or the shared classes when ``lut_pred`` (training train id -> shared id) and ``lut_gt`` (evaluated train id
-    -> shared id) are given (255 = not shared). A training class outside the shared space adds the
-    ``NOT_SHARED`` column. The forwards run under ``precision`` (``engine.precision``).
+    scored classes: the training classes, or the shared classes when ``lut_pred`` (training train id -> shared
+    id) and ``lut_gt`` (evaluated train id -> shared id) are given (255 = not shared). A training class outside
+    the shared space adds the ``NOT_SHARED`` column. The forwards run under ``precision`` (``engine.precision``).
     """
     device = torch.device(device)
     segmenter.eval().to(device)
