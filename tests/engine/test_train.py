@@ -339,3 +339,16 @@ def test_a_dev_split_smaller_than_the_process_count_is_refused_by_name():
     train_mod.check_dev_split(0, 8)  # no dev split: the val split is validated
     with pytest.raises(InputError, match=r"data\.dataset\.dev_size: the dev split has 1 image\(s\) for 2 processes"):
         train_mod.check_dev_split(1, 2)
+
+
+def test_eval_val_loss_reports_the_dev_loss_without_changing_training(synth, tmp_path):
+    plain = RunDir(_run(tiny_config(synth), tmp_path / "plain"))
+    with_loss = RunDir(_run(tiny_config(synth, eval={"val_loss": True}), tmp_path / "loss"))
+    hist = pd.read_csv(with_loss.history_path)
+    val = hist.dropna(subset=["val_miou"])
+    assert list(val["step"]) == [10, 20] and np.isfinite(val["val_loss"]).all() and (val["val_loss"] > 0).all()
+    # the dev loss's point sampling runs on a forked RNG: the training after a validation is the same
+    ref = pd.read_csv(plain.history_path)
+    for col in ("loss", "val_miou"):
+        pd.testing.assert_series_equal(hist[col], ref[col])
+    assert (with_loss.path / "model.safetensors").read_bytes() == (plain.path / "model.safetensors").read_bytes()
