@@ -159,8 +159,8 @@ def evaluate_other_datasets(cfg: RunConfig, rd: RunDir, seg, classes: list[str],
 
 
 def measure_cost(cfg: RunConfig, seg, device) -> dict:
-    """Parameters, FLOPs (counted in fp32: a FLOP count does not depend on the precision) and latency at the
-    training crop, one image, under the run's precision."""
+    """Parameters, FLOPs and latency at the training crop, one image, under the run's precision (a FLOP count does
+    not depend on it; a bf16-true model needs the autocast to take fp32 inputs at all)."""
     size = cfg.data.crop_size
     x = torch.zeros(1, 3, size, size, device=device)
     params = count_params(seg, {k: m for k, m in (("encoder", seg.encoder), ("neck", seg.neck),
@@ -168,15 +168,12 @@ def measure_cost(cfg: RunConfig, seg, device) -> dict:
     precision = run_precision(cfg, device)
 
     def infer(inp):
-        return seg.inference(inp, mode="whole")
-
-    def infer_at_precision(inp):
         with prec.autocast(precision, device):
             return seg.inference(inp, mode="whole")
 
     with torch.no_grad():
         flops = count_flops(infer, x)
-        latency = measure_latency(infer_at_precision, lambda: x, iters=cfg.eval.latency_iters, warmup=2,
+        latency = measure_latency(infer, lambda: x, iters=cfg.eval.latency_iters, warmup=2,
                                   device=device) if cfg.eval.latency_iters > 0 else {}
     if latency:
         latency["precision"] = precision
