@@ -109,6 +109,11 @@ def test_compile_segmenter_captures_encoder_neck_and_head(monkeypatch):
 @pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
 def test_train_compile_matches_eager_after_three_steps(synth, tmp_path, monkeypatch, backend):
     # aot_eager: dynamo's capture and AOTAutograd's forward/backward graphs, without inductor's C++ codegen
+    import torch._inductor.config as inductor_config
+
+    # compile in this process: under pytest, inductor's subprocess compile pool was found closed ("Attempting to
+    # use a closed pool")
+    monkeypatch.setattr(inductor_config, "compile_threads", 1)
     rd, graphs = _compiled_run(synth, tmp_path, monkeypatch, backend)
     _assert_encoder_neck_and_head_compiled(graphs)
     eager = _three_steps(synth, tmp_path / "eager", compile_=False)
