@@ -47,16 +47,21 @@ def _train(a: argparse.Namespace) -> int:
     return train_cli(a.config, a.overrides, runs_root=a.runs_root, print_config=a.print_config)
 
 
+PRECISION_CHOICES = ["32", "bf16-mixed", "16-mixed"]
+PRECISION_HELP = ("numeric precision (default: the run's train.precision on this device: bf16 autocast on a GPU "
+                  "under auto, fp32 on a CPU); 32 for a bit-exact fp32 check")
+
+
 def _eval(a: argparse.Namespace) -> int:
     from encseg.engine.evaluate import evaluate_cli
 
-    return evaluate_cli(a.run_dir, a.dataset, mode=a.mode, tta=a.tta, split=a.split)
+    return evaluate_cli(a.run_dir, a.dataset, mode=a.mode, tta=a.tta, split=a.split, precision=a.precision)
 
 
 def _predict(a: argparse.Namespace) -> int:
     from encseg.engine.predict import predict_cli
 
-    return predict_cli(a.run_dir, a.images, out=a.out, mode=a.mode)
+    return predict_cli(a.run_dir, a.images, out=a.out, mode=a.mode, precision=a.precision)
 
 
 def _study_plan(a: argparse.Namespace) -> int:
@@ -168,6 +173,7 @@ def _add_run_commands(sub, leaves: dict) -> None:
     s.add_argument("--split", default=None, help="split to score (default: the dataset's val split)")
     s.add_argument("--mode", default=None, choices=["whole", "slide"], help="inference mode (default: the run's)")
     s.add_argument("--tta", default="", help="comma list: flip,ms")
+    s.add_argument("--precision", default=None, choices=PRECISION_CHOICES, help=PRECISION_HELP)
 
     s = _command(sub, leaves, ("predict",), _predict, "write label PNGs, coloured masks and overlays",
                  "encseg predict runs/synth_a__random_vitb16__finetune__f100__s0 img1.png img2.png --out preds")
@@ -175,6 +181,7 @@ def _add_run_commands(sub, leaves: dict) -> None:
     s.add_argument("images", nargs="+", help="image files")
     s.add_argument("--out", required=True, help="directory for the predictions")
     s.add_argument("--mode", default=None, choices=["whole", "slide"], help="inference mode (default: the run's)")
+    s.add_argument("--precision", default=None, choices=PRECISION_CHOICES, help=PRECISION_HELP)
 
 
 

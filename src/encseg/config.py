@@ -79,6 +79,9 @@ class DataConfig(Strict):
     flip: bool = True
     photometric: bool = True
     batch_size: int = Field(16, ge=1)  # per device
+    # per device, validation and evaluation; only images of the same size share a forward, so no image sees
+    # another's padding and the scores are those of batch 1 (up to float rounding in batched kernels)
+    eval_batch_size: int = Field(1, ge=1)
     num_workers: int = Field(4, ge=0)
     eval_size: int | None = 512  # short side at evaluation; None keeps the original size
     check: bool = True  # fast existence/size check of every file before the first step
@@ -172,11 +175,16 @@ class ModelConfig(Strict):
 # ---------------------------------------------------------------------------------------------- train
 class ConvergeConfig(Strict):
     """When the dev curve has stopped improving (engine/convergence.py): ``patience`` validations in a row
-    without an mIoU gain above ``min_delta`` AND without a relative dev-loss drop above ``loss_min_delta``."""
+    without a dev-mIoU gain above ``min_delta`` (and, with ``loss_min_delta`` set, without a relative dev-loss drop
+    above it), once the best dev mIoU has risen ``min_rise`` above the first validation's."""
 
     patience: int = Field(5, ge=1)
     min_delta: float = Field(0.005, ge=0.0)  # absolute dev mIoU
-    loss_min_delta: float | None = Field(0.01, ge=0.0)  # relative dev loss; None: judge on mIoU alone
+    # relative dev loss; None (default): judge on the dev mIoU alone, and validation computes no loss
+    loss_min_delta: float | None = Field(None, ge=0.0)
+    # absolute dev mIoU above the first validation's before a plateau may be declared (a random encoder's initial
+    # plateau is not convergence); 0 disables the guard
+    min_rise: float = Field(0.05, ge=0.0)
     anneal_fraction: float = Field(0.2, gt=0.0, le=1.0)  # final LR decay, as a share of the steps so far
 
 
@@ -195,8 +203,10 @@ class TrainConfig(Strict):
     poly_power: float = Field(0.9, ge=0.0)
     grad_clip: float | None = Field(0.01, gt=0.0)  # clip by norm; None disables
     accumulate: int = Field(1, ge=1)
-    # auto: bf16 on CUDA, fp32 on CPU; bf16-true: bf16 weights too (Lightning's "bf16-true"), for huge encoders
+    # auto: bf16 on CUDA, fp32 on CPU; bf16-true: bf16 weights too (Lightning's "bf16-true"), for huge encoders.
+    # Evaluation, latency, `encseg eval` and `predict` use the same (engine/precision.py)
     precision: Literal["auto", "32", "bf16-mixed", "16-mixed", "bf16-true"] = "auto"
+    tf32: bool = True  # CUDA: TF32 matmuls/convolutions for fp32 ops (Ampere+); false: full fp32
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
     devices: int | Literal["auto"] = 1
     # auto: DDP when several processes, else single-device; fsdp: Lightning's FSDPStrategy (full sharding of
@@ -221,7 +231,9 @@ class EvalConfig(Strict):
     stride: int | None = None  # slide: window stride; None: 2/3 of the window
     flip: bool = False
     scales: list[float] = Field(default_factory=lambda: [1.0])
-    batch_size: int = Field(1, ge=1)
+    # the dev loss as a reported curve (history.csv ``val_loss``), from validation's own forward; off: validation
+    # is inference only (the loss is still computed when train.converge.loss_min_delta asks for it)
+    val_loss: bool = False
     datasets: list[DatasetConfig] = Field(default_factory=list)  # extra (cross-dataset) evals after training
     checkpoint: Literal["last", "best"] = "last"  # weights that are exported and scored; "best" selects on the dev split
     latency_iters: int = Field(10, ge=0)  # timed forwards for the efficiency record; 0 skips timing

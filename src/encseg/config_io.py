@@ -178,6 +178,7 @@ def validate(model: type[BaseModel], data: dict[str, Any], source: str = "config
 RETIRED_KEYS: dict[str, tuple[str, str | None]] = {
     "eval.converge_fraction": ("convergence is judged by the dev-curve criterion (train.converge); the "
                                "95%-of-best rule it set was no longer reported", None),
+    "eval.batch_size": ("the evaluation batch size lives with the other loader settings", "data.eval_batch_size"),
 }
 
 

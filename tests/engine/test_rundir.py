@@ -105,7 +105,7 @@ def test_failure_line_of_a_bare_traceback_or_an_empty_marker(tmp_path: Path):
 def test_operational_settings_do_not_change_the_result():
     old = make_cfg()
     new = make_cfg(**{"train.log_every": 10, "logging.progress_bar": "off", "data.num_workers": 0,
-                      "train.checkpoint_every": 7, "logging.tensorboard": True})
+                      "train.checkpoint_every": 7, "logging.tensorboard": True, "eval.val_loss": True})
     assert rd_mod.config_diff(old, new) and rd_mod.result_diff(old, new) == []
     assert rd_mod.result_diff(old, make_cfg(**{"train.lr": 1e-3, "train.log_every": 10})) == ["train.lr"]
 

@@ -48,6 +48,8 @@ def test_run_directory_holds_every_file_the_study_needs(synth, tmp_path):
     assert hist["step"].max() == 20
     val = hist.dropna(subset=["val_miou"])
     assert list(val["step"]) == [10, 20]
+    # validation is inference only by default: no dev loss (eval.val_loss off, the rule judges the dev mIoU)
+    assert hist["val_loss"].isna().all()
     summary = json.loads(rd.summary_path.read_text())
     ev = json.loads(rd.eval_json("synth").read_text())
     assert summary["miou"] == ev["metrics"]["miou"]
@@ -213,10 +215,11 @@ def _validated_past(step: int):
 @pytest.mark.slow  # two subprocess runs and a SIGKILL
 def test_converge_budget_killed_after_the_plateau_resumes_to_the_same_decisions_and_result(synth, tmp_path):
     # min_delta 0.5: only the first validation improves, so the plateau is declared at step 15 (patience 2),
-    # the LR then decays to 0 over 15 steps and the run stops at step 30, well before max_iters
+    # the LR then decays to 0 over 15 steps and the run stops at step 30, well before max_iters (min_rise 0: the
+    # curve never rises 0.05 above its first validation, and this test is about resume, not the rise guard)
     cfg = tiny_config(synth, train={"budget": "converge", "max_iters": 60, "val_every": 5, "checkpoint_every": 5,
                                     "converge": {"patience": 2, "min_delta": 0.5, "loss_min_delta": None,
-                                                 "anneal_fraction": 1.0}})
+                                                 "min_rise": 0.0, "anneal_fraction": 1.0}})
     # killed once the run has validated past the plateau, so the resumed run must restore the decision
     reference, rd = _kill_then_resume(cfg, tmp_path, _validated_past(20), timeout=600)
     ref = json.loads(reference.summary_path.read_text())
@@ -336,3 +339,16 @@ def test_a_dev_split_smaller_than_the_process_count_is_refused_by_name():
     train_mod.check_dev_split(0, 8)  # no dev split: the val split is validated
     with pytest.raises(InputError, match=r"data\.dataset\.dev_size: the dev split has 1 image\(s\) for 2 processes"):
         train_mod.check_dev_split(1, 2)
+
+
+def test_eval_val_loss_reports_the_dev_loss_without_changing_training(synth, tmp_path):
+    plain = RunDir(_run(tiny_config(synth), tmp_path / "plain"))
+    with_loss = RunDir(_run(tiny_config(synth, eval={"val_loss": True}), tmp_path / "loss"))
+    hist = pd.read_csv(with_loss.history_path)
+    val = hist.dropna(subset=["val_miou"])
+    assert list(val["step"]) == [10, 20] and np.isfinite(val["val_loss"]).all() and (val["val_loss"] > 0).all()
+    # the dev loss's point sampling runs on a forked RNG: the training after a validation is the same
+    ref = pd.read_csv(plain.history_path)
+    for col in ("loss", "val_miou"):
+        pd.testing.assert_series_equal(hist[col], ref[col])
+    assert (with_loss.path / "model.safetensors").read_bytes() == (plain.path / "model.safetensors").read_bytes()

@@ -5,7 +5,8 @@ steered through environment variables because those reach every process a launch
 - ``FAKE_TRAIN_LOG``: file that gets one line per event: ``start <run_id> resumed=<0|1> gpu=<...>`` and
   ``end <run_id>`` (appended, so restarts and parallel workers share it);
 - ``FAKE_TRAIN_SLEEP``: seconds each cell "trains";
-- ``FAKE_TRAIN_FAIL``: run ids (comma separated) that raise instead of finishing.
+- ``FAKE_TRAIN_FAIL``: run ids (comma separated) that raise instead of finishing;
+- ``FAKE_TRAIN_CRASH``: run ids whose process dies on the spot (``os._exit``), as a worker killed for memory.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ def fake_train(cfg, runs_root) -> Path:
     rd.write_config(cfg)
     atomic_write_text(rd.last_ckpt, "step 1\n")
     time.sleep(float(os.environ.get("FAKE_TRAIN_SLEEP", "0")))
+    if rd.name in os.environ.get("FAKE_TRAIN_CRASH", "").split(","):
+        os._exit(3)
     if rd.name in os.environ.get("FAKE_TRAIN_FAIL", "").split(","):
         raise RuntimeError(f"boom in {rd.name}")
     # pid + time make each training session's result distinguishable from a redone one

@@ -155,6 +155,18 @@ def test_parallel_jobs_share_out_gpus_round_robin(tmp_path, fake_env, monkeypatc
     assert sum(e[0] == "start" for e in events[:first_end]) == 2
 
 
+def test_parallel_workers_are_reused_and_a_dead_worker_loses_only_its_cell(tmp_path, fake_env, monkeypatch):
+    path = _write_study(tmp_path, fractions=[0.5, 1.0], seeds=[0, 1, 2])  # 12 cells on 2 workers
+    crashing = "synth_a__other__finetune__f050__ss1__s1"
+    monkeypatch.setenv("FAKE_TRAIN_CRASH", crashing)
+    summary = run_study(path, jobs=2, train_fn=fake_train)
+    assert list(summary["failed"]) == [crashing] and len(summary["done"]) == 11
+    assert "worker process exited with code 3" in _runs(tmp_path)[crashing].failure_line()
+    pids = {json.loads(rd.summary_path.read_text())["pid"] for rd in _runs(tmp_path).values() if rd.is_done()}
+    # one process per slot, plus the one that replaced the dead worker: not one per cell
+    assert 2 <= len(pids) <= 3 and os.getpid() not in pids
+
+
 @pytest.mark.slow
 def test_submitit_local_array_runs_cells_and_records_job_ids(tmp_path, fake_env, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")

@@ -6,9 +6,10 @@ import re
 
 import pandas as pd
 import pytest
-from _fake_runs import FakeEval, make_config, pooled_areas, write_run
+from _fake_runs import FakeEval, default_summary, make_config, pooled_areas, write_run
 
 from encseg.cli import main
+from encseg.engine.rundir import run_id
 from encseg.study.aggregate import RESULT_COLUMNS
 from encseg.study.report import write_report
 
@@ -110,3 +111,21 @@ def test_report_shows_paths_relative_to_the_study_directory(tmp_path):
         assert str(tmp_path.resolve()) not in text and str(tmp_path) not in text
         assert "Study directory: moved_study" in text
     assert "weights/enc.safetensors not found" in html and "weights/enc.safetensors not found" in md
+
+
+def test_the_per_seed_table_says_where_and_in_which_precision_each_latency_was_timed(tmp_path):
+    root = tmp_path / "study"
+    gpu, cpu = make_config(), make_config(seed=1)
+    write_run(root / "runs", gpu, evals={"synth_a": FakeEval(0.5)},
+              summary=default_summary(gpu, run_id(gpu), latency_device="cuda", latency_precision="bf16-mixed"))
+    # written before the precision was recorded: the engine then timed in fp32
+    write_run(root / "runs", cpu, evals={"synth_a": FakeEval(0.5)},
+              summary=default_summary(cpu, run_id(cpu), latency_device="cpu"))
+    write_report(root, n_boot=50)
+    results = pd.read_csv(root / "results.csv").sort_values("seed")
+    assert list(results["latency_precision"]) == ["bf16-mixed", "32-true"]
+    md = (root / "report.md").read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| run |"))
+    assert "| ms / image | timed on |" in header
+    assert "| cuda, bf16-mixed |" in md and "| cpu, 32-true |" in md
+    assert "latency timed on cpu, 32-true; cuda, bf16-mixed" in md

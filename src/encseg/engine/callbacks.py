@@ -87,8 +87,8 @@ class History(L.Callback):
         self._last_logged = step
         row: dict[str, Any] = {"step": step, "epoch": round(self._epoch(step), 4), "time_s": round(self.elapsed(), 3),
                                "lr": trainer.optimizers[0].param_groups[0]["lr"]}
-        for k, v in outputs["terms"].items():
-            row[k if k == "loss" else (k if k.startswith("loss_") else f"loss_{k}")] = v
+        for k, v in outputs["terms"].items():  # device tensors: read here, on the logged steps only
+            row[k if k == "loss" else (k if k.startswith("loss_") else f"loss_{k}")] = float(v)
         self.rows.append(row)
         if trainer.is_global_zero and (step % (self.log_every * 10) == 0):
             self.write()
@@ -169,7 +169,7 @@ class PlainProgress(L.Callback):
         rate = (step - self._s0) / max(1e-9, time.monotonic() - self._t0)
         total, bound = self._end()
         eta = (total - step) / rate if rate > 0 else math.nan
-        loss = outputs["terms"].get("loss", math.nan)
+        loss = float(outputs["terms"].get("loss", math.nan))
         lr = trainer.optimizers[0].param_groups[0]["lr"]
         _progress.info("step %d/%s%d  loss %.4f  lr %.3g  %.2f it/s  eta %s%.1f min", step, bound, total, loss, lr,
                        rate, bound, eta / 60,
@@ -181,8 +181,9 @@ class PlainProgress(L.Callback):
             return
         m = self.validation.metrics
         miou = m.get("val_miou", math.nan)
-        _progress.info("val @ step %d: mIoU %.4f  mAcc %.4f  loss %.4f", trainer.global_step, miou,
-                       m.get("val_macc", math.nan), m.get("val_loss", math.nan),
+        loss = m.get("val_loss", math.nan)  # measured only when asked (eval.val_loss)
+        _progress.info("val @ step %d: mIoU %.4f  mAcc %.4f%s", trainer.global_step, miou,
+                       m.get("val_macc", math.nan), "" if math.isnan(loss) else f"  loss {loss:.4f}",
                        extra={"kind": "val", "step": trainer.global_step, "total": self._end()[0], "miou": miou,
                               "console": self.console})
 

@@ -29,6 +29,8 @@ from encseg.config_io import read_yaml, validate
 from encseg.data.formats.base import IGNORE_INDEX
 from encseg.data.taxonomy import cross_dataset_luts
 from encseg.engine.metrics import ConfusionMatrix, metrics_from_confusion, per_image_areas, per_image_miou
+from encseg.engine.precision import autocast
+from encseg.engine.precision import resolve as resolve_precision
 from encseg.engine.rundir import RunDir
 from encseg.errors import InputError, MissingFileError
 
@@ -49,11 +51,11 @@ class EvalResult:
     image_areas: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)  # per batch (inter, union)
 
 
-def protocol(e: EvalConfig, data: DataConfig) -> dict:
-    """The evaluation settings stored next to every number they produced."""
+def protocol(e: EvalConfig, data: DataConfig, precision: str) -> dict:
+    """The evaluation settings stored next to every number they produced (``precision``: ``engine.precision``)."""
     return {"mode": e.mode, "crop": e.crop_size or data.crop_size,
             "stride": e.stride, "flip": e.flip, "scales": list(e.scales), "eval_size": data.eval_size,
-            "resolution": "original ground truth"}
+            "resolution": "original ground truth", "precision": precision}
 
 
 @torch.no_grad()
@@ -99,57 +101,91 @@ def _scored_metrics(cm: np.ndarray, names: list[str], n_scored: int) -> dict:
     return m
 
 
+class _Confusion:
+    """The dataset-level confusion matrix, its size fixed by the first scores seen (``NOT_SHARED`` column when a
+    training class maps outside the shared space)."""
+
+    def __init__(self, n_scored: int, lut_pred, lut_gt, device, dataset: str):
+        self.n_scored, self.lut_pred, self.device, self.dataset = n_scored, lut_pred, device, dataset
+        self.lg = None if lut_gt is None else _index_map(lut_gt, IGNORE_INDEX, n_scored, None,
+                                                          "ground-truth").to(device)
+        self.lp, self.cm, self.n = None, None, n_scored
+
+    def _start(self, n_train: int) -> None:
+        if self.lut_pred is not None:
+            outside = bool((np.asarray(self.lut_pred)[:n_train] == IGNORE_INDEX).any())
+            self.n = self.n_scored + int(outside)
+            self.lp = _index_map(self.lut_pred, n_train, self.n_scored, self.n_scored if outside else None,
+                                 "prediction").to(self.device)
+        elif n_train != self.n_scored:
+            raise ValueError(f"the model scores {n_train} classes but {self.n_scored} class names were given "
+                             f"for {self.dataset}; pass lookup tables to score across label spaces")
+        # a single-process pass (after DDP training, only rank 0 evaluates): never wait for other ranks
+        self.cm = ConfusionMatrix(self.n, sync_on_compute=False).to(self.device)
+
+    def update(self, scores: torch.Tensor, target: torch.Tensor) -> tuple[list[float], tuple[np.ndarray, np.ndarray]]:
+        """Adds one group's predictions; returns their per-image mIoU and (intersection, union) areas."""
+        if self.cm is None:
+            self._start(scores.shape[1])
+        pred = scores.argmax(1)
+        if self.lp is not None:
+            pred = self.lp[pred]
+        if self.lg is not None:
+            target = self.lg[target]
+        self.cm.update(pred, target)
+        return (per_image_miou(pred, target, self.n, n_scored=self.n_scored),
+                per_image_areas(pred, target, self.n, n_scored=self.n_scored))
+
+
+def as_groups(batch) -> list[dict]:
+    """A loader batch as same-size groups: a ``collate_by_size`` list as it is, a plain batch dict as one group."""
+    if isinstance(batch, dict):
+        return [{**batch, "positions": list(range(len(batch["image"])))}]
+    return list(batch)
+
+
 @torch.no_grad()
 def evaluate(segmenter, loader, e: EvalConfig, crop_size: int, class_names: list[str], *, dataset: str,
              split: str, device: torch.device | str = "cpu", lut_pred=None, lut_gt=None,
-             progress: bool = False) -> EvalResult:
+             progress: bool = False, precision: str = "32-true") -> EvalResult:
     """Accumulate one dataset-level confusion matrix (and per-image mIoU) over ``loader``.
 
-    ``loader`` yields ``{"image": (B,3,H,W) normalised, "target": (B,H,W) train ids at the original size,
-    "path": [...]}``. ``class_names`` are the scored classes: the training classes, or the shared classes when
-    ``lut_pred`` (training train id -> shared id) and ``lut_gt`` (evaluated train id -> shared id) are given
-    (255 = not shared). A training class outside the shared space adds the ``NOT_SHARED`` column.
+    ``loader`` yields batches ``{"image": (B,3,H,W) normalised, "target": (B,H,W) train ids at the original size,
+    "path": [...]}``, or lists of same-size groups of them (``loaders.collate_by_size``, each with its
+    ``positions`` in the batch); the per-image lists and areas follow the loader's order. ``class_names`` are the
+    scored classes: the training classes, or the shared classes when ``lut_pred`` (training train id -> shared
+    id) and ``lut_gt`` (evaluated train id -> shared id) are given (255 = not shared). A training class outside
+    the shared space adds the ``NOT_SHARED`` column. The forwards run under ``precision`` (``engine.precision``).
     """
     device = torch.device(device)
     segmenter.eval().to(device)
-    n_scored = len(class_names)
-    lg = None if lut_gt is None else _index_map(lut_gt, IGNORE_INDEX, n_scored, None, "ground-truth").to(device)
-    lp, cm, n = None, None, n_scored
+    conf = _Confusion(len(class_names), lut_pred, lut_gt, device, dataset)
     per_image, files, areas = [], [], []
     it = loader
     if progress:
         from tqdm import tqdm
         it = tqdm(loader, desc=f"eval {dataset}", leave=False, file=sys.stderr)
     for batch in it:
-        images = batch["image"].to(device)
-        target = batch["target"].to(device)
-        scores = predict_scores(segmenter, images, e, crop_size, out_size=tuple(target.shape[-2:]))
-        if cm is None:
-            n_train = scores.shape[1]
-            if lut_pred is not None:
-                outside = bool((np.asarray(lut_pred)[:n_train] == IGNORE_INDEX).any())
-                n = n_scored + int(outside)
-                lp = _index_map(lut_pred, n_train, n_scored, n_scored if outside else None, "prediction").to(device)
-            elif n_train != n_scored:
-                raise ValueError(f"the model scores {n_train} classes but {n_scored} class names were given "
-                                 f"for {dataset}; pass lookup tables to score across label spaces")
-            # a single-process pass (after DDP training, only rank 0 evaluates): never wait for other ranks
-            cm = ConfusionMatrix(n, sync_on_compute=False).to(device)
-        pred = scores.argmax(1)
-        if lp is not None:
-            pred = lp[pred]
-        if lg is not None:
-            target = lg[target]
-        cm.update(pred, target)
-        per_image.extend(per_image_miou(pred, target, n, n_scored=n_scored))
-        areas.append(per_image_areas(pred, target, n, n_scored=n_scored))
-        files.extend(batch.get("path", []))
-    if cm is None:
+        groups = as_groups(batch)
+        slots: list = [None] * sum(len(g["positions"]) for g in groups)
+        for group in groups:
+            target = group["target"].to(device, non_blocking=True)
+            with autocast(precision, device):
+                scores = predict_scores(segmenter, group["image"].to(device, non_blocking=True), e, crop_size,
+                                        out_size=tuple(target.shape[-2:]))
+            mious, (inter, union) = conf.update(scores.float(), target)
+            paths = group.get("path") or [None] * len(group["positions"])
+            for k, (pos, path) in enumerate(zip(group["positions"], paths, strict=True)):
+                slots[pos] = (mious[k], inter[k], union[k], path)
+        per_image.extend(s[0] for s in slots)
+        areas.append((np.stack([s[1] for s in slots]), np.stack([s[2] for s in slots])))
+        files.extend(s[3] for s in slots if s[3] is not None)
+    if conf.cm is None:
         raise ValueError(f"no images to evaluate in {dataset} ({split})")
-    confusion = cm.compute().cpu().numpy()
-    names = list(class_names) + [NOT_SHARED] * (n - n_scored)
+    confusion = conf.cm.compute().cpu().numpy()
+    names = list(class_names) + [NOT_SHARED] * (conf.n - conf.n_scored)
     return EvalResult(dataset=dataset, split=split, classes=names, confusion=confusion,
-                      metrics=_scored_metrics(confusion, names, n_scored), per_image_miou=per_image,
+                      metrics=_scored_metrics(confusion, names, conf.n_scored), per_image_miou=per_image,
                       files=files, image_areas=areas)
 
 
@@ -197,23 +233,25 @@ def cli_eval_config(base: EvalConfig, mode: str | None, tta: str) -> EvalConfig:
     return validate(EvalConfig, {**base.model_dump(), **update}, "eval (from the command line)")
 
 
-def _eval_path(rd: RunDir, dataset: str, split: str, default_split: str, e: EvalConfig, run_e: EvalConfig,
-               data: DataConfig) -> Path | None:
+def _eval_path(rd: RunDir, dataset: str, split: str, default_split: str, proto: dict, run_proto: dict) -> Path | None:
     """None (the standard ``eval/<dataset>.json``) when the protocol and split are the run's own; otherwise
-    ``eval/extra/<dataset>__<split>__<mode>[_flip][_ms].json``, so that a study never mixes protocols."""
-    if split == default_split and protocol(e, data) == protocol(run_e, data):
+    ``eval/extra/<dataset>__<split>__<mode>[_flip][_ms][_<precision>].json``, so that a study never mixes
+    protocols (the precision tag only where it is not the run's)."""
+    if split == default_split and proto == run_proto:
         return None
-    tag = e.mode + ("_flip" if e.flip else "") + ("" if list(e.scales) == [1.0] else "_ms")
+    tag = proto["mode"] + ("_flip" if proto["flip"] else "") + ("" if list(proto["scales"]) == [1.0] else "_ms")
+    tag += "" if proto["precision"] == run_proto["precision"] else f"_{proto['precision']}"
     rd.eval_json(dataset)  # validates the name
     return rd.eval_dir / "extra" / f"{dataset}__{split}__{tag}.json"
 
 
 def evaluate_cli(run_dir: str, dataset_yaml: str, mode: str | None = None, tta: str = "",
-                 split: str | None = None) -> int:
+                 split: str | None = None, precision: str | None = None) -> int:
     """``encseg eval RUN_DIR --dataset CONFIG``: score a finished run on any dataset.
 
-    With the run's own protocol and the dataset's val split the result is ``eval/<dataset>.json`` (what a study
-    aggregates); another mode, TTA or split goes to ``eval/extra/`` (see ``_eval_path``).
+    With the run's own protocol (its mode, TTA and precision: ``train.precision`` on this device, or
+    ``--precision``) and the dataset's val split the result is ``eval/<dataset>.json`` (what a study
+    aggregates); another mode, TTA, precision or split goes to ``eval/extra/`` (see ``_eval_path``).
     """
     from encseg.data.formats import resolve_split
     from encseg.engine.loaders import eval_dataset, eval_loader
@@ -231,13 +269,17 @@ def evaluate_cli(run_dir: str, dataset_yaml: str, mode: str | None = None, tta: 
     lut_p, lut_g, names, cross = cross_dataset_luts(cfg.data.dataset, ds_cfg, classes, ds.dataset.classes,
                                                     train_taxonomy=meta.get("taxonomy"))
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    run_prec = resolve_precision(cfg.train.precision, device)
+    used_prec = resolve_precision(precision, device) if precision else run_prec
     used_split = resolve_split(ds_cfg, split or "val")
-    res = evaluate(seg, eval_loader(ds, e.batch_size, cfg.data.num_workers), e, cfg.data.crop_size, names,
-                   dataset=ds_cfg.display_name, split=used_split, device=device,
-                   lut_pred=lut_p, lut_gt=lut_g, progress=sys.stderr.isatty())
+    res = evaluate(seg, eval_loader(ds, cfg.data.eval_batch_size, cfg.data.num_workers), e, cfg.data.crop_size,
+                   names, dataset=ds_cfg.display_name, split=used_split, device=device,
+                   lut_pred=lut_p, lut_gt=lut_g, progress=sys.stderr.isatty(), precision=used_prec)
     res.cross = cross
-    out = _eval_path(rd, ds_cfg.display_name, used_split, ds_cfg.val_split, e, cfg.eval, cfg.data)
-    path = write_eval(rd, res, protocol(e, cfg.data), out)
+    proto = protocol(e, cfg.data, used_prec)
+    out = _eval_path(rd, ds_cfg.display_name, used_split, ds_cfg.val_split, proto,
+                     protocol(cfg.eval, cfg.data, run_prec))
+    path = write_eval(rd, res, proto, out)
     if out is None:
         from encseg.engine.runplots import plot_confusion
         plot_confusion(res.confusion, res.classes, rd.plots_dir / f"confusion_{ds_cfg.display_name}.png")

@@ -2,7 +2,8 @@
 
 Runs on rank 0 only. The exported and scored weights are ``eval.checkpoint``: the final weights by default,
 or the best on the dev split (held out of the train split, never the reported split). The reported splits are
-scored here, once.
+scored here, once, and the latency is measured, under the precision the run trained with
+(``engine.precision``; recorded as ``precision`` in the summary and in each eval file's protocol).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from encseg.atomic import atomic_write_json, read_json
 from encseg.config import RunConfig
 from encseg.data.taxonomy import cross_dataset_luts, dataset_taxonomy
 from encseg.engine import convergence as crit
+from encseg.engine import precision as prec
 from encseg.engine.dynamics import curve_summary, validation_rows
 from encseg.engine.efficiency import count_flops, count_params, measure_latency
 from encseg.engine.evaluate import EvalResult, evaluate, protocol, write_eval
@@ -41,10 +43,16 @@ def _close_dev_curve(cfg: RunConfig, history, seg, dev_ds, step: int, classes: l
     last_val = [r for r in history.rows if "val_miou" in r]
     if dev_ds is None or (last_val and last_val[-1]["step"] == step):
         return
-    m = evaluate(seg, eval_loader(dev_ds, cfg.eval.batch_size, cfg.data.num_workers), cfg.eval, cfg.data.crop_size,
-                 classes, dataset="dev", split=cfg.data.dataset.train_split, device=device).metrics
+    m = evaluate(seg, eval_loader(dev_ds, cfg.data.eval_batch_size, cfg.data.num_workers), cfg.eval,
+                 cfg.data.crop_size, classes, dataset="dev", split=cfg.data.dataset.train_split, device=device,
+                 precision=run_precision(cfg, device)).metrics
     history.add_validation(step, validation_record(m))
     history.write()
+
+
+def run_precision(cfg: RunConfig, device) -> str:
+    """The precision the run trained with on ``device``: its evaluation and latency use it too."""
+    return prec.resolve(cfg.train.precision, torch.device(device).type)
 
 
 def convergence_record(cfg: RunConfig, state: crit.State | None, hist: pd.DataFrame | None, steps: int,
@@ -117,10 +125,11 @@ def export_model(cfg: RunConfig, rd: RunDir, seg, classes: list[str], weights: s
 def evaluate_own_split(cfg: RunConfig, rd: RunDir, seg, classes: list[str], val_ds, device) -> EvalResult:
     """The run's own validation split: ``eval/<dataset>.json``, its confusion matrix and plot."""
     name = cfg.data.dataset.display_name
-    loader = eval_loader(val_ds, cfg.eval.batch_size, cfg.data.num_workers)
+    loader = eval_loader(val_ds, cfg.data.eval_batch_size, cfg.data.num_workers)
+    precision = run_precision(cfg, device)
     main = evaluate(seg, loader, cfg.eval, cfg.data.crop_size, classes, dataset=name,
-                    split=cfg.data.dataset.val_split, device=device)
-    write_eval(rd, main, protocol(cfg.eval, cfg.data))
+                    split=cfg.data.dataset.val_split, device=device, precision=precision)
+    write_eval(rd, main, protocol(cfg.eval, cfg.data, precision))
     plot_confusion(main.confusion, classes, rd.plots_dir / f"confusion_{name}.png")
     return main
 
@@ -136,33 +145,39 @@ def record_final_validation(history, step: int, metrics: dict) -> None:
 
 def evaluate_other_datasets(cfg: RunConfig, rd: RunDir, seg, classes: list[str], device) -> None:
     """``eval.datasets``: each scored in the label space it shares with the training dataset."""
-    proto = protocol(cfg.eval, cfg.data)
+    precision = run_precision(cfg, device)
+    proto = protocol(cfg.eval, cfg.data, precision)
     for ds_cfg in cfg.eval.datasets:
         ds = eval_dataset(ds_cfg, cfg.data, seg.encoder.mean, seg.encoder.std)
         lut_p, lut_g, names, cross = cross_dataset_luts(cfg.data.dataset, ds_cfg, classes, ds.dataset.classes)
-        res = evaluate(seg, eval_loader(ds, cfg.eval.batch_size, cfg.data.num_workers), cfg.eval,
+        res = evaluate(seg, eval_loader(ds, cfg.data.eval_batch_size, cfg.data.num_workers), cfg.eval,
                        cfg.data.crop_size, names, dataset=ds_cfg.display_name, split=ds_cfg.val_split,
-                       device=device, lut_pred=lut_p, lut_gt=lut_g)
+                       device=device, lut_pred=lut_p, lut_gt=lut_g, precision=precision)
         res.cross = cross
         write_eval(rd, res, proto)
         plot_confusion(res.confusion, res.classes, rd.plots_dir / f"confusion_{ds_cfg.display_name}.png")
 
 
 def measure_cost(cfg: RunConfig, seg, device) -> dict:
-    """Parameters, FLOPs and latency at the training crop, one image."""
+    """Parameters, FLOPs and latency at the training crop, one image, under the run's precision (a FLOP count does
+    not depend on it; a bf16-true model needs the autocast to take fp32 inputs at all)."""
     size = cfg.data.crop_size
     x = torch.zeros(1, 3, size, size, device=device)
     params = count_params(seg, {k: m for k, m in (("encoder", seg.encoder), ("neck", seg.neck),
                                                    ("head", seg.head)) if m is not None})
+    precision = run_precision(cfg, device)
 
     def infer(inp):
-        return seg.inference(inp, mode="whole")
+        with prec.autocast(precision, device):
+            return seg.inference(inp, mode="whole")
 
     with torch.no_grad():
         flops = count_flops(infer, x)
-        latency = measure_latency(infer, lambda: x, iters=cfg.eval.latency_iters, warmup=2, device=device) \
-            if cfg.eval.latency_iters > 0 else {}
-    return {"params": params, "flops": flops, "size": size, "latency": latency}
+        latency = measure_latency(infer, lambda: x, iters=cfg.eval.latency_iters, warmup=2,
+                                  device=device) if cfg.eval.latency_iters > 0 else {}
+    if latency:
+        latency["precision"] = precision
+    return {"params": params, "flops": flops, "size": size, "latency": latency, "precision": precision}
 
 
 def training_dynamics(cfg: RunConfig, rd: RunDir, steps_per_epoch: int) -> tuple[dict, pd.DataFrame | None]:
@@ -196,6 +211,7 @@ def run_summary(cfg: RunConfig, rd: RunDir, step: int, steps_per_epoch: int, tim
         "gflops": cost["flops"] / 1e9, "flops_input": [1, 3, size, size],
         "infer_ms_per_image": latency.get("ms_per_image"), "infer_p90_ms": latency.get("p90_ms"),
         "images_per_s": latency.get("images_per_s"), "peak_mem_mb": latency.get("peak_mem_mb"),
-        "latency_device": latency.get("device"),
+        "latency_device": latency.get("device"), "latency_precision": latency.get("precision"),
+        "precision": cost.get("precision"),
     }
 

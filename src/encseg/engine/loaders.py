@@ -2,6 +2,9 @@
 
 Validation uses a sampler that splits the images across ranks *without* padding, so under DDP no image is
 counted twice and none is dropped (``torch.utils.data.DistributedSampler`` repeats images to even out ranks).
+An evaluation batch (``data.eval_batch_size``) is split into groups of equal image and ground-truth size
+(``collate_by_size``): images share a forward only with images of their own size, so none is padded beyond what
+it gets alone (the segmenter pads each to a multiple of 32) and its scores are those of batch 1.
 Evaluation scores predictions against the ORIGINAL-resolution ground truth, as mmsegmentation does: the
 model sees the resized image and its class scores are resized back to the mask's size.
 """
@@ -134,11 +137,21 @@ def collate(samples: list[dict]) -> dict:
             shapes = {tuple(v.shape) for v in values}
             if len(shapes) > 1:
                 raise InputError(f"cannot batch {key!r} of different sizes {sorted(shapes)} "
-                                 f"(files {[s.get('path') for s in samples]}); use eval.batch_size: 1")
+                                 f"(files {[s.get('path') for s in samples]}); use data.batch_size: 1")
             out[key] = torch.stack([v.as_subclass(torch.Tensor) for v in values])
         else:
             out[key] = values
     return out
+
+
+def collate_by_size(samples: list[dict]) -> list[dict]:
+    """An evaluation batch as groups of samples with the same image and ground-truth shape (first appearance
+    order), each stacked by ``collate`` with ``positions``: where its samples were in the batch."""
+    groups: dict[tuple, list[int]] = {}
+    for i, s in enumerate(samples):
+        key = (tuple(s["image"].shape), tuple(s["target"].shape) if "target" in s else None)
+        groups.setdefault(key, []).append(i)
+    return [{**collate([samples[i] for i in idx]), "positions": idx} for idx in groups.values()]
 
 
 def train_dataset(full, data: DataConfig, mean, std, seed: int):
@@ -178,7 +191,9 @@ def train_loader(ds, data: DataConfig, seed: int, rank: int, world_size: int, ac
                       generator=torch.Generator().manual_seed(seed))
 
 
-def eval_loader(ds, batch_size: int, num_workers: int, rank: int = 0, world_size: int = 1) -> DataLoader:
+def eval_loader(ds, batch_size: int, num_workers: int, rank: int = 0, world_size: int = 1,
+                persistent: bool = False) -> DataLoader:
+    """Batches of ``collate_by_size`` groups; ``persistent``: keep the workers between passes (validation)."""
     return DataLoader(ds, batch_size=batch_size, sampler=ShardSampler(len(ds), rank, world_size),
-                      num_workers=num_workers, collate_fn=collate, pin_memory=torch.cuda.is_available(),
-                      generator=torch.Generator().manual_seed(0))
+                      num_workers=num_workers, collate_fn=collate_by_size, pin_memory=torch.cuda.is_available(),
+                      persistent_workers=persistent and num_workers > 0, generator=torch.Generator().manual_seed(0))

@@ -17,6 +17,8 @@ from PIL import Image
 
 from encseg.atomic import atomic_write_bytes
 from encseg.engine.evaluate import cli_eval_config, predict_scores
+from encseg.engine.precision import autocast
+from encseg.engine.precision import resolve as resolve_precision
 from encseg.engine.rundir import RunDir
 from encseg.errors import InputError, MissingFileError
 
@@ -51,7 +53,10 @@ def _dataset_converter(cfg):
     return (lambda t: t), None, "train ids"
 
 
-def predict_cli(run_dir: str, images: list[str], out: str, mode: str | None = None) -> int:
+def predict_cli(run_dir: str, images: list[str], out: str, mode: str | None = None,
+                precision: str | None = None) -> int:
+    """Label PNGs, colour masks and overlays of ``images``, under the run's precision on this device (or
+    ``precision``; see ``engine.precision``)."""
     from torchvision import tv_tensors
 
     from encseg.data.transforms import eval_transforms
@@ -72,6 +77,7 @@ def predict_cli(run_dir: str, images: list[str], out: str, mode: str | None = No
     e = cli_eval_config(cfg.eval, mode, "")
     seg, meta = load_segmenter(rd.path)
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    used_prec = resolve_precision(precision or cfg.train.precision, device)
     seg.eval().to(device)
     to_ids, palette, kind = _dataset_converter(cfg)
     transform = eval_transforms(cfg.data, seg.encoder.mean, seg.encoder.std)
@@ -86,7 +92,8 @@ def predict_cli(run_dir: str, images: list[str], out: str, mode: str | None = No
         sample = transform({"image": tv_tensors.Image(torch.from_numpy(rgb).permute(2, 0, 1)),
                             "mask": tv_tensors.Mask(torch.zeros(rgb.shape[:2], dtype=torch.int64))})
         x = sample["image"].as_subclass(torch.Tensor)[None].to(device)
-        train_ids = predict_scores(seg, x, e, cfg.data.crop_size, out_size=rgb.shape[:2]).argmax(1)[0]
+        with autocast(used_prec, device):
+            train_ids = predict_scores(seg, x, e, cfg.data.crop_size, out_size=rgb.shape[:2]).argmax(1)[0]
         train_ids = train_ids.cpu().numpy().astype(np.int64)
         ids = np.asarray(to_ids(train_ids))
         mode_img = "L" if ids.max(initial=0) < 256 else "I;16"
@@ -96,5 +103,5 @@ def predict_cli(run_dir: str, images: list[str], out: str, mode: str | None = No
         atomic_write_bytes(out_dir / "color" / f"{p.stem}.png", _png_bytes(Image.fromarray(color)))
         overlay = (0.5 * rgb + 0.5 * color).astype(np.uint8)
         atomic_write_bytes(out_dir / "overlay" / f"{p.stem}.png", _png_bytes(Image.fromarray(overlay)))
-    print(f"wrote {len(paths)} predictions ({kind}) to {out_dir}", file=sys.stderr)
+    print(f"wrote {len(paths)} predictions ({kind}, {used_prec}) to {out_dir}", file=sys.stderr)
     return 0

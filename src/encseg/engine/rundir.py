@@ -28,8 +28,9 @@ __all__ = ["RunDir", "run_id", "fraction_tag", "resolve_runs_root", "config_diff
 
 # Settings that change how a run is executed or logged, not what it computes: a run directory whose stored
 # config differs from a new one only here holds the same run, finished or not (a resume, a study's reuse).
+# ``eval.val_loss`` adds the dev loss to history.csv from a forked RNG: the training is the same with or without it.
 OPERATIONAL_KEYS = ("logging", "data.num_workers", "data.check", "train.log_every", "train.checkpoint_every",
-                    "train.compile")
+                    "train.compile", "eval.val_loss")
 # How one global batch is split over processes and accumulated micro-batches: operational while the global batch
 # stays the same (the train sampler then gives each optimiser step the same images); ``train`` also requires the
 # same step schedule.

@@ -23,6 +23,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from encseg.atomic import atomic_write_json, atomic_write_text
 from encseg.config import ConfigError, RunConfig
 from encseg.config_io import dump_config, load_run_config
+from encseg.engine import precision
 from encseg.engine.callbacks import (
     AtomicCheckpointIO,
     ConvergeStop,
@@ -31,6 +32,7 @@ from encseg.engine.callbacks import (
     PlainProgress,
     ValidationConfusion,
 )
+from encseg.engine.compilation import compile_segmenter
 from encseg.engine.convergence import Criterion
 from encseg.engine.distributed import is_rank_zero, trainer_strategy
 from encseg.engine.loaders import dev_dataset, eval_dataset, eval_loader, train_dataset, train_loader
@@ -90,13 +92,6 @@ def check_same_schedule(previous: RunConfig | None, cfg: RunConfig, n_images: in
                           "run's split or start a new run")
 
 
-def precision_for(cfg: RunConfig, accelerator: str) -> str:
-    if cfg.train.precision != "auto":
-        return {"32": "32-true"}.get(cfg.train.precision, cfg.train.precision)
-    # bf16 autocast on GPUs; the Mask2Former matcher and losses run in fp32 inside the head
-    return "bf16-mixed" if accelerator in ("gpu", "cuda") else "32-true"
-
-
 def _accelerator(cfg: RunConfig) -> str:
     a = cfg.train.accelerator
     if a == "auto":
@@ -120,8 +115,9 @@ class _Data(L.LightningDataModule):
 
     def val_dataloader(self):
         t = self.trainer
-        return eval_loader(self.val_ds, self.cfg.eval.batch_size, self.cfg.data.num_workers,
-                           t.global_rank, t.world_size)
+        # persistent: validation runs many times, its workers stay up between runs
+        return eval_loader(self.val_ds, self.cfg.data.eval_batch_size, self.cfg.data.num_workers,
+                           t.global_rank, t.world_size, persistent=True)
 
 
 def train(cfg: RunConfig, runs_root: str | Path, argv: list[str] | None = None) -> Path:
@@ -231,12 +227,14 @@ class _Fitted:
 def fit(cfg: RunConfig, rd: RunDir, seg, classes: list[str], train_ds, val_ds, sched: Schedule) -> _Fitted:
     """Train (or resume from ``checkpoints/last.ckpt``) to the end of the schedule."""
     validation = ValidationResult()
+    criterion = Criterion.from_config(cfg.train)
+    # the dev loss costs the Mask2Former loss at every validation: only when it is reported or the rule reads it
     module = SegmentationModule(seg, cfg.train, cfg.model.regime, cfg.eval, classes, sched.total_steps,
-                                cfg.data.crop_size, validation)
+                                cfg.data.crop_size, validation, val_loss=cfg.eval.val_loss or criterion.uses_loss,
+                                log_every=cfg.train.log_every)
     stop = None
     if cfg.train.budget == "converge":
-        stop = ConvergeStop(Criterion.from_config(cfg.train), validation, cfg.train.warmup_iters,
-                            cfg.train.warmup_ratio)
+        stop = ConvergeStop(criterion, validation, cfg.train.warmup_iters, cfg.train.warmup_ratio)
         module.lr_factor = lambda step: stop.lr_factor(step)  # a plain function: LambdaLR does not pickle it
     history = History(rd.history_path, cfg.train.log_every, sched.steps_per_epoch, validation)
     best = ModelCheckpoint(dirpath=rd.checkpoints, filename="best", monitor="val/miou", mode="max", save_top_k=1,
@@ -250,7 +248,7 @@ def fit(cfg: RunConfig, rd: RunDir, seg, classes: list[str], train_ds, val_ds, s
     callbacks += [stop] if stop else []
     trainer = _trainer(cfg, rd, sched, callbacks, show_bar)
     if cfg.train.compile:
-        seg.encoder.timm_model.compile()
+        compile_segmenter(seg)
     ckpt = rd.last_ckpt if rd.last_ckpt.is_file() else None
     if ckpt is not None and trainer.is_global_zero:
         log.info("resuming %s from %s", rd.path.name, ckpt)
@@ -264,9 +262,15 @@ def fit(cfg: RunConfig, rd: RunDir, seg, classes: list[str], train_ds, val_ds, s
 
 def _trainer(cfg: RunConfig, rd: RunDir, sched: Schedule, callbacks: list, show_bar: bool) -> L.Trainer:
     accelerator = _accelerator(cfg)
+    cuda = accelerator in ("gpu", "cuda")
+    if cuda:
+        precision.configure_cuda(cfg.train.tf32)
     return L.Trainer(
         accelerator=accelerator, devices=cfg.train.devices, num_nodes=cfg.train.num_nodes,
-        strategy=trainer_strategy(cfg.train.strategy, sched.world_size, accelerator), precision=precision_for(cfg, accelerator),
+        strategy=trainer_strategy(cfg.train.strategy, sched.world_size, accelerator),
+        precision=precision.resolve(cfg.train.precision, accelerator),
+        # training crops have one size: let cuDNN pick its fastest kernels for it (not when deterministic)
+        benchmark=cuda and not cfg.deterministic,
         max_steps=sched.total_steps, max_epochs=cfg.train.max_epochs if cfg.train.budget == "epochs" else -1,
         accumulate_grad_batches=cfg.train.accumulate,
         gradient_clip_val=cfg.train.grad_clip, gradient_clip_algorithm="norm",

@@ -94,11 +94,26 @@ class Segmenter(nn.Module):
         output = self(images)
         return self.head.loss(output, self._pad(masks, IGNORE_INDEX))
 
-    def _scores(self, images: Tensor) -> Tensor:
+    def _scores(self, images: Tensor, output=None) -> Tensor:
         h, w = images.shape[-2:]
-        output = self(images)
+        output = self(images) if output is None else output
         padded = (math.ceil(h / SIZE_DIVISOR) * SIZE_DIVISOR, math.ceil(w / SIZE_DIVISOR) * SIZE_DIVISOR)
         return self.head.semantic_scores(output, padded)[..., :h, :w]
+
+    @torch.no_grad()
+    def scores_and_loss(self, images: Tensor, masks: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """``inference(images)`` (whole image, no TTA) and ``loss(images, masks)`` from ONE eval-mode forward: a
+        validation loss without a second forward. The loss's point sampling draws from the global RNG as
+        ``loss`` does; fork it to keep a training stream untouched."""
+        if masks.shape != (images.shape[0], *images.shape[-2:]):
+            raise ValueError(f"masks {tuple(masks.shape)} do not match images {tuple(images.shape)}")
+        was_training = self.training
+        self.eval()
+        try:
+            output = self(images)
+            return self._scores(images, output), self.head.loss(output, self._pad(masks, IGNORE_INDEX))
+        finally:
+            self.train(was_training)
 
     def _slide(self, images: Tensor, crop: int | tuple[int, int], stride: int | tuple[int, int] | None) -> Tensor:
         """mmseg's slide inference: overlapping windows (the last one flush with the border), scores averaged."""

@@ -43,10 +43,13 @@ METRIC_COLUMNS = ["miou", "macc", "aacc", "fwiou"]
 SUMMARY_FIELDS = ["epochs_to_converge", "steps_to_converge", "time_to_converge_s", "train_time_s", "steps",
                   "infer_ms_per_image", "infer_p90_ms", "images_per_s", "peak_mem_mb", "params_total",
                   "params_trainable", "params_encoder", "params_neck", "params_head", "gflops"]
+# where and in which precision the latency was measured (engine/finalize.py); a summary written before the
+# precision was recorded measured in fp32 (the engine then timed outside the training's autocast)
+LATENCY_FIELDS = ["latency_device", "latency_precision"]
 # convergence record of a run (docs/architecture.md "summary.json"); see ``convergence()``
 CONVERGENCE_FIELDS = ["converged", "converged_iter", "iters_trained", "epochs_trained", "train_wall_s",
                       "budget", "max_iters", "criterion"]
-RESULT_COLUMNS = [*IDENTITY_COLUMNS, "eval_dataset", "cross", *METRIC_COLUMNS, *SUMMARY_FIELDS,
+RESULT_COLUMNS = [*IDENTITY_COLUMNS, "eval_dataset", "cross", *METRIC_COLUMNS, *SUMMARY_FIELDS, *LATENCY_FIELDS,
                   *CONVERGENCE_FIELDS, "eval_split", "eval_num_images", "eval_num_classes", "weights"]
 FAILURE_COLUMNS = ["run_id", "encoder", "regime", "train_dataset", "fraction", "seed", "error"]
 INCOMPLETE_COLUMNS = ["run_id", "encoder", "regime", "train_dataset", "fraction", "seed", "state", "reason"]
@@ -146,6 +149,9 @@ def _summary(rd: RunDir) -> dict:
             out[key] = _num(summary.get(key))
         except TypeError as e:
             raise StudyDataError(f"{rd.summary_path}: {key} {e}") from None
+    timed = summary.get("infer_ms_per_image") is not None
+    out["latency_device"] = summary.get("latency_device") if timed else None
+    out["latency_precision"] = (summary.get("latency_precision") or "32-true") if timed else None
     return out
 
 

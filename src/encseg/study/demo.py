@@ -41,8 +41,8 @@ def _base(out: Path) -> dict[str, Any]:
     return {
         # 240 train images: 40 form the dev split, the fractions are drawn from the other 200
         "data": {"dataset": _dataset(out, "a", 240, 50), "crop_size": SIZE, "base_size": SIZE,
-                 "scale_range": [1.0, 1.0], "photometric": False, "batch_size": 8, "num_workers": 0,
-                 "eval_size": None},
+                 "scale_range": [1.0, 1.0], "photometric": False, "batch_size": 8, "eval_batch_size": 8,
+                 "num_workers": 0, "eval_size": None},
         "model": {
             "encoder": {**TINY_ENCODER, "weights": "none"},
             "neck": {"type": "simple_fpn", "channels": 64},
@@ -55,8 +55,8 @@ def _base(out: Path) -> dict[str, Any]:
         # (plateau, climb, creep), the pretrained one's after ~600; 10 % cells after ~300-450 (they overfit)
         "train": {"lr": 1e-3, "weight_decay": 0.05, "budget": "converge", "max_iters": 1500, "warmup_iters": 20,
                   "grad_clip": 1.0, "val_every": 25, "log_every": 25,
-                  "converge": {"patience": 4, "min_delta": 0.005, "loss_min_delta": 0.01, "anneal_fraction": 0.2}},
-        "eval": {"latency_iters": 5, "batch_size": 8},
+                  "converge": {"patience": 4, "min_delta": 0.005, "anneal_fraction": 0.2}},
+        "eval": {"latency_iters": 5},
         "logging": {"progress_bar": "off"},
     }
 

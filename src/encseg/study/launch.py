@@ -15,15 +15,10 @@ Conventions
 from __future__ import annotations
 
 import contextlib
-import multiprocessing as mp
 import os
-import sys
-import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
-from multiprocessing.connection import wait as wait_for_sentinels
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +31,9 @@ from encseg.engine.distributed import is_rank_zero
 from encseg.engine.rundir import RunDir, run_id
 from encseg.errors import InputError
 from encseg.study.config import StudyConfig
-from encseg.study.console import StudyConsole, cell_output, progress_listener
+from encseg.study.console import StudyConsole, cell_output
 from encseg.study.grid import cell_state, config_drift, dump_study, expand, load_study, study_dir
+from encseg.study.workers import WorkerPool
 
 try:
     import fcntl
@@ -46,10 +42,6 @@ except ImportError:  # Windows: no advisory locks; a single launcher per study i
 
 LAUNCHERS = ("local", "slurm", "submitit-local")
 TrainFn = Callable[[RunConfig, Path], Any]
-
-# exit codes of a local worker process, one per run_cell status
-_STATUS_CODES = {"done": 0, "skipped": 10, "busy": 11, "failed": 12}
-_CODE_STATUS = {v: k for k, v in _STATUS_CODES.items()}
 
 
 def _default_train() -> TrainFn:
@@ -139,71 +131,13 @@ def _visible_gpus() -> list[str]:
     return [str(i) for i in range(torch.cuda.device_count())]
 
 
-def _exit_with_parent(parent_pid: int) -> None:
-    # a worker whose launcher was killed must not keep training: the restarted launcher retries the cell
-    while True:
-        time.sleep(0.5)
-        if os.getppid() != parent_pid:
-            os._exit(1)
-
-
-def _worker(cfg: RunConfig, runs: str, train_fn: TrainFn | None, gpu: str | None, parent_pid: int,
-            threads: int | None = None, progress_queue: Any = None) -> None:
-    if gpu is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
-    if threads is not None:  # CPU cells share the cores instead of each oversubscribing all of them
-        import torch
-        torch.set_num_threads(threads)
-    threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
-    with cell_output(run_id(cfg), queue=progress_queue):  # the launcher's console shows this cell's progress
-        status = run_cell(cfg, Path(runs), train_fn)
-    sys.exit(_STATUS_CODES[status])
-
-
 def _run_parallel(todo: list[RunConfig], runs: Path, jobs: int, train_fn: TrainFn | None,
                   progress: StudyConsole) -> dict:
-    """``jobs`` cells at a time, each in a fresh spawned process; GPUs handed out round-robin by slot."""
-    ctx = mp.get_context("spawn")  # CUDA and fork do not mix
+    """``jobs`` cells at a time in ``jobs`` reused worker processes (``study.workers``); GPUs round-robin by slot."""
     gpus = _visible_gpus()
     if gpus and jobs > len(gpus):
         print(f"note: {jobs} jobs share {len(gpus)} GPU(s)", flush=True)
-    pending = deque(todo)
-    running: dict[int, tuple[Any, RunConfig, float]] = {}
-    results: dict[str, str] = {}
-    queue = ctx.Queue()  # workers' progress records, drawn by the console
-    listener = progress_listener(progress, queue)
-    try:
-        while pending or running:
-            for slot in range(jobs):
-                if slot not in running and pending:
-                    cfg = pending.popleft()
-                    gpu = gpus[slot % len(gpus)] if gpus else None
-                    threads = None if gpus else max(1, (os.cpu_count() or 1) // jobs)
-                    proc = ctx.Process(target=_worker, name=f"encseg-{run_id(cfg)}",
-                                       args=(cfg, str(runs), train_fn, gpu, os.getpid(), threads, queue))
-                    proc.start()
-                    progress.started(run_id(cfg))
-                    running[slot] = (proc, cfg, time.monotonic())
-            wait_for_sentinels([p.sentinel for p, _, _ in running.values()], timeout=5.0)
-            for slot, (proc, cfg, t0) in list(running.items()):
-                if proc.is_alive():
-                    continue
-                proc.join()
-                del running[slot]
-                rd = RunDir(runs / run_id(cfg))
-                status = _CODE_STATUS.get(proc.exitcode)
-                if status is None:  # killed (OOM, signal) before it could record anything itself
-                    status = "done" if rd.is_done() else "failed"
-                    if status == "failed":
-                        rd.mark_failed(RuntimeError(f"worker process exited with code {proc.exitcode}"))
-                _report(progress, results, rd, status, t0)
-    finally:
-        for proc, _, _ in running.values():  # interrupted: give workers a moment to stop, then end them
-            proc.join(timeout=10)
-            if proc.is_alive():
-                proc.terminate()
-        listener.stop()
-    return results
+    return WorkerPool(runs, jobs, train_fn, progress, gpus).run(todo)
 
 
 # -------------------------------------------------------------------------------------------- submitit
@@ -334,10 +268,26 @@ def _print_dry_run(study: StudyConfig, todo: list[RunConfig], states: dict[str, 
         print(f"  executor parameters: {executor_parameters(study, launcher, jobs)}")
 
 
+def generate_synthetic(todo: list[RunConfig]) -> list[Path]:
+    """Write every synthetic dataset the cells train or evaluate on that does not exist yet, once, before any
+    cell starts: parallel cells would otherwise each generate it and keep the first copy. Returns the roots."""
+    from encseg.data.synthetic import ensure_synthetic
+
+    missing = {}
+    for cfg in todo:
+        for ds in [cfg.data.dataset, *cfg.eval.datasets]:
+            if ds.synthetic is not None and not ds.root.exists():
+                missing.setdefault(ds.root, ds)
+    for root, ds in missing.items():
+        ensure_synthetic(root, ds.synthetic, expected_format=ds.format)
+    return list(missing)
+
+
 def _launch(study: StudyConfig, todo: list[RunConfig], sdir: Path, launcher: str, jobs: int,
             train_fn: TrainFn | None, wait: bool | None) -> tuple[dict[str, str], list[str]]:
     """Run (or submit) ``todo``; returns each finished cell's status and the submitted run ids."""
     runs = sdir / "runs"
+    generate_synthetic(todo)
     progress = StudyConsole(len(todo), jobs=jobs if launcher == "local" else len(todo))
     try:
         if launcher == "local":

@@ -18,7 +18,7 @@ import pandas as pd
 import yaml
 
 from encseg.atomic import atomic_write_bytes, atomic_write_text
-from encseg.study import aggregate, plots, stats
+from encseg.study import aggregate, plots, stats, tables
 from encseg.study.brief import brief_sentences, protocol_items, ranking_sentence, unconverged_note
 from encseg.study.config import StudyBaseline
 from encseg.study.insights import Insights, compute_insights
@@ -220,6 +220,13 @@ def _write_insight_tables(study_dir: Path, ins: Insights | None) -> None:
     atomic_write_text(study_dir / "ranking_tau.csv", ins.stability.pairs.to_csv(index=False))
 
 
+def _timed_on(results) -> str:
+    """Where the latencies were measured, as the per-seed table says per run (device, precision)."""
+    settings = sorted({tables.latency_setting(r) for _, r in results.iterrows()} - {tables.DASH}) \
+        if not results.empty else []
+    return f" (latency timed on {'; '.join(settings)})" if settings else ""
+
+
 def _figures(study_dir: Path, results, summary, per_class, histories) -> list[Image]:
     d = study_dir / "plots"
     best = plots.best_runs(results) if not results.empty else results
@@ -235,7 +242,8 @@ def _figures(study_dir: Path, results, summary, per_class, histories) -> list[Im
         Image("Epochs to converge", plots.plot_epochs_to_converge(summary, d / "epochs_to_converge.png"),
               "Mean over seeds; error bars = std; in-domain validation."),
         Image("mIoU vs inference cost", plots.plot_efficiency(summary, d / "efficiency.png"),
-              "Largest fraction, in-domain evaluation; time and GFLOPs as measured by the engine."),
+              "Largest fraction, in-domain evaluation; time and GFLOPs as measured by the engine"
+              + _timed_on(results) + "."),
         Image("Cross-dataset matrix", plots.plot_cross_dataset(summary, d / "cross_dataset.png"),
               "Mean mIoU over seeds; cross-dataset cells are scored on the shared classes."),
         Image("Per-class IoU", plots.plot_per_class_iou(per_class, d / "per_class_iou.png"),

@@ -213,10 +213,18 @@ def per_seed_table(results: pd.DataFrame, scale: float) -> Table:
              r["eval_dataset"], plots.fraction_label(r["fraction"]), str(r["seed"]),
              *[num(r[m], scale) for m in aggregate.METRIC_COLUMNS],
              num(r["epochs_to_converge"]), num(r["train_time_s"], 1, 0), num(r["infer_ms_per_image"], 1, 2),
-             num(r["gflops"], 1, 2), *_run_convergence_cells(r)] for _, r in results.iterrows()]
+             latency_setting(r), num(r["gflops"], 1, 2), *_run_convergence_cells(r)] for _, r in results.iterrows()]
     return Table(["run", "encoder (regime)", "train", "eval", "fraction", "seed", "mIoU", "mAcc", "aAcc",
-                  "fwIoU", "epochs to converge", "train time (s)", "ms / image", "GFLOPs", "iterations",
+                  "fwIoU", "epochs to converge", "train time (s)", "ms / image", "timed on", "GFLOPs", "iterations",
                   "converged"], rows)
+
+
+def latency_setting(r) -> str:
+    """Where a latency was measured: ``cpu, 32-true``, ``cuda, bf16-mixed`` (the run's own precision)."""
+    device, prec = r.get("latency_device"), r.get("latency_precision")
+    if missing(device) and missing(prec):
+        return DASH
+    return ", ".join(str(x) for x in (device, prec) if not missing(x))
 
 
 def _run_convergence_cells(r: pd.Series) -> list[str]:
