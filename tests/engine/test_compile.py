@@ -112,9 +112,10 @@ def test_train_compile_matches_eager_after_three_steps(synth, tmp_path, monkeypa
     import torch._inductor.config as inductor_config
 
     # compile in this process: under pytest, inductor's subprocess compile pool was found closed ("Attempting to
-    # use a closed pool")
-    monkeypatch.setattr(inductor_config, "compile_threads", 1)
-    rd, graphs = _compiled_run(synth, tmp_path, monkeypatch, backend)
+    # use a closed pool"). The config module's own patch(): a monkeypatch undo left the attribute missing for the
+    # next test in the process
+    with inductor_config.patch(compile_threads=1):
+        rd, graphs = _compiled_run(synth, tmp_path, monkeypatch, backend)
     _assert_encoder_neck_and_head_compiled(graphs)
     eager = _three_steps(synth, tmp_path / "eager", compile_=False)
     got, ref = _losses(rd), _losses(eager)
