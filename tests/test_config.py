@@ -65,3 +65,24 @@ def test_a_retired_key_is_refused_with_its_reason_but_dropped_from_a_stored_conf
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(data))
     assert load_run_config(path, stored=True).eval.converge_target is None  # an earlier run's file still reads
+
+
+def test_a_dinov2_run_stored_before_feature_norm_reads_as_raw_and_differs_from_the_new_default(tmp_path):
+    import yaml
+
+    from encseg.config_io import dump_config
+    from encseg.engine.rundir import result_diff
+
+    old = {**BASE, "model": {"encoder": {"name": "dinov2_vitb14", "weights": "none"}}}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(old))  # an earlier version's file: no feature_norm key; it tapped raw outputs
+    stored = load_run_config(path, stored=True)
+    assert stored.model.encoder.feature_norm is False
+    new = load_run_config(data=old)  # the same study today: DINOv2's protocol (None: the entry's normed taps)
+    assert new.model.encoder.feature_norm is None
+    assert "model.encoder.feature_norm" in result_diff(stored, new)  # not reused as a normed run
+    # a file this version writes carries the key, so it reads back as written; other encoders are untouched
+    path.write_text(dump_config(new))
+    assert load_run_config(path, stored=True).model.encoder.feature_norm is None
+    path.write_text(yaml.safe_dump({**BASE, "model": {"encoder": {"name": "mae_vitb16", "weights": "none"}}}))
+    assert load_run_config(path, stored=True).model.encoder.feature_norm is None

@@ -182,6 +182,25 @@ RETIRED_KEYS: dict[str, tuple[str, str | None]] = {
 }
 
 
+# Encoder keys added later whose default changed what an existing run computed: key -> (the encoder names it
+# applies to, by prefix; the value those runs were made with). A stored config.yaml without the key reads with
+# that value, so a study does not reuse such a run as a run of the new default, and a resume refuses it naming
+# the key (set the old value to resume it).
+STORED_ENCODER_DEFAULTS: dict[str, tuple[tuple[str, ...], Any]] = {
+    # DINOv2 entries tapped raw block outputs before feature_norm existed; their default is now DINOv2's protocol
+    "feature_norm": (("dinov2_",), False),
+}
+
+
+def _stored_defaults(raw: dict[str, Any]) -> dict[str, Any]:
+    encoder = (raw.get("model") or {}).get("encoder") or {}
+    name = str(encoder.get("name", ""))
+    for key, (prefixes, value) in STORED_ENCODER_DEFAULTS.items():
+        if name.startswith(prefixes) and key not in encoder:
+            raw = deep_merge(raw, {"model": {"encoder": {key: value}}})
+    return raw
+
+
 def _retire(raw: dict[str, Any], stored: bool, source: str) -> dict[str, Any]:
     for key, (why, new) in RETIRED_KEYS.items():
         *parents, leaf = key.split(".")
@@ -214,7 +233,7 @@ def load_run_config(path: str | Path | None = None, overrides: list[str] | None 
     source = str(path) if path else "config"
     raw = read_yaml(path) if path is not None else dict(data or {})
     raw = _retire(deep_merge(raw, parse_overrides(overrides or [])), stored, source)
-    return validate(RunConfig, raw, source)
+    return validate(RunConfig, _stored_defaults(raw) if stored else raw, source)
 
 
 def dump_config(cfg: BaseModel) -> str:

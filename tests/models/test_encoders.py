@@ -67,23 +67,28 @@ def test_family_builds_and_taps_any_size(name):
     assert {enc.layer_id(n) for n, _ in enc.named_parameters()} == set(range(6 if spec.feature_norm else 5))
 
 
-def test_taps_are_raw_block_outputs_without_prefix_tokens():
-    """Against a hand-run of the timm blocks: class + 4 register tokens removed, no final norm."""
+@pytest.mark.parametrize("feature_norm", [False, None])
+def test_taps_are_block_outputs_without_prefix_tokens_raw_or_normed_as_the_family_does(feature_norm):
+    """Against a hand-run of the timm blocks: class + 4 register tokens removed; raw with feature_norm false,
+    through the final norm by default (DINOv2's dense protocol, get_intermediate_layers(norm=True))."""
     enc = build_encoder(EncoderConfig(name="dinov2_vitb14_reg", weights="none", taps=[0.5, 1.0],
-                                      timm_kwargs=TINY), 56).eval()
+                                      timm_kwargs=TINY, feature_norm=feature_norm), 56).eval()
     vit = enc.vit
-    assert vit.num_prefix_tokens == 5 and isinstance(vit.norm, torch.nn.Identity)
+    assert vit.num_prefix_tokens == 5 and enc.feature_norm is (feature_norm is None)
+    assert isinstance(vit.norm, torch.nn.Identity) is (feature_norm is False)
+    with torch.no_grad():
+        torch.nn.init.normal_(vit.norm.weight) if feature_norm is None else None  # a norm that is not identity
     x = torch.randn(1, 3, 56, 70)
     with torch.no_grad():
         t = vit.norm_pre(vit._pos_embed(vit.patch_embed(x)))
         outs = []
         for blk in vit.blocks:
             t = blk(t)
-            outs.append(t[:, 5:].reshape(1, 4, 5, 64).permute(0, 3, 1, 2))
+            outs.append(vit.norm(t)[:, 5:].reshape(1, 4, 5, 64).permute(0, 3, 1, 2))
         got = enc(x)
     assert enc.tap_indices == [1, 3]
-    torch.testing.assert_close(got[0], outs[1], rtol=0, atol=1e-6)
-    torch.testing.assert_close(got[1], outs[3], rtol=0, atol=1e-6)
+    torch.testing.assert_close(got[0], outs[1], rtol=0, atol=1e-5)
+    torch.testing.assert_close(got[1], outs[3], rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("taps,depth,want", [
@@ -204,7 +209,7 @@ def test_encoder_table_lists_the_2025_families_and_hierarchical_backbones(capsys
         assert name in rows, name
     assert "feature_norm" in out.splitlines()[0]
     assert "final norm" in rows["dinov3_vitl16"] and "dinov3,timm" in rows["dinov3_vitl16"]
-    assert " raw " in rows["dinov2_vitb14"]
+    assert "final norm" in rows["dinov2_vitb14"] and " raw " in rows["mae_vitb16"]
     r50 = rows["resnet50"]
     assert "256/512/1024/2048" in r50 and "4 stages" in r50 and "stages" in r50 and "resnet50.tv_in1k" in r50
     assert "0.5/0.5" in rows["pe_spatial_vitb16"] and "custom" in rows["dinov3_vitl16_sat"]  # their own mean/std

@@ -74,7 +74,7 @@ def test_release_features_at_shipped_crops(tmp_path, family, crop):
     with torch.no_grad():
         got = enc(x)
         want = ref.forward_intermediates(F.pad(x, (0, padded - crop, 0, padded - crop)), indices=[0, 1, 2],
-                                         output_fmt="NCHW", intermediates_only=True)
+                                         norm=enc.feature_norm, output_fmt="NCHW", intermediates_only=True)
     for g, w in zip(got, want, strict=True):
         assert g.shape == w.shape == (1, 64, padded // p, padded // p)
         assert (g - w).abs().max().item() <= 1e-5, (family, crop, (g - w).abs().max().item())
@@ -93,8 +93,8 @@ def test_dinov2_at_a_512_crop_is_the_native_model(tmp_path):
     x = torch.randn(2, 3, 512, 512, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         got = enc(x)
-        want = native.forward_intermediates(F.pad(x, (0, 6, 0, 6)), indices=enc.tap_indices, output_fmt="NCHW",
-                                            intermediates_only=True)
+        want = native.forward_intermediates(F.pad(x, (0, 6, 0, 6)), indices=enc.tap_indices, norm=True,
+                                            output_fmt="NCHW", intermediates_only=True)  # DINOv2's protocol
     assert max((g - w).abs().max().item() for g, w in zip(got, want, strict=True)) <= 1e-5
     assert tuple(enc.vit.patch_embed.grid_size) == (37, 37)
 

@@ -21,9 +21,10 @@ def _encoder(name, path, taps, size, ignore=(), **kw):
     return build_encoder(cfg, size).eval()
 
 
-def _ref_taps(ref, x, taps):
+def _ref_taps(ref, x, taps, norm=False):
+    """timm's own taps of the reference; ``norm``: through the final norm, as the family's protocol reads them."""
     with torch.no_grad():
-        return ref.forward_intermediates(x, indices=taps, output_fmt="NCHW", intermediates_only=True)
+        return ref.forward_intermediates(x, indices=taps, norm=norm, output_fmt="NCHW", intermediates_only=True)
 
 
 def _assert_same(got, want):
@@ -108,7 +109,7 @@ def test_dinov2_release_layout(tmp_path, name, arch, kw):
     enc = _encoder(name, tmp_path / "dinov2_pretrain.pth", [0, 2], 56, **kw)
     assert enc.load_report.format == "dinov2"
     x = torch.randn(1, 3, 56, 56)
-    _assert_same(enc(x), _ref_taps(ref, x, [0, 2]))
+    _assert_same(enc(x), _ref_taps(ref, x, [0, 2], norm=True))  # DINOv2's protocol: normed taps
 
 
 def test_pos_embed_keeps_the_checkpoint_grid(tmp_path):
@@ -119,7 +120,7 @@ def test_pos_embed_keeps_the_checkpoint_grid(tmp_path):
     enc = _encoder("dinov2_vits14", tmp_path / "d.pth", [2], 70)
     assert enc.vit.pos_embed.shape[1] == 1 + 4 * 4 and enc.pos_size == 56
     x = torch.randn(1, 3, 70, 70)
-    _assert_same(enc(x), _ref_taps(ref, x, [2]))
+    _assert_same(enc(x), _ref_taps(ref, x, [2], norm=True))
 
 
 def test_mae_release_and_training_dicts(tmp_path):

@@ -8,9 +8,10 @@ width, depth, mean/std and the native input size are read from timm (``encoders.
 Dense protocol per family (``feature_norm``, the default of ``model.encoder.feature_norm``):
 - DINOv3 (ViT): the final LayerNorm on every tap, as DINOv3's own segmentation and depth code call
   ``get_intermediate_layers(..., norm=True)``; its ConvNeXt entries are hierarchical (stage outputs, no norm).
-- DINOv2: DINOv2's own linear/M2F segmentation also normalises (``norm=True``), but its entries keep raw block
-  outputs by default so that DINOv2 runs made by earlier encseg versions keep their meaning; set
-  ``model.encoder.feature_norm: true`` for DINOv2's protocol.
+- DINOv2: the final LayerNorm on every tap too, as DINOv2's own linear and Mask2Former segmentation do
+  (``get_intermediate_layers(..., norm=True)``). Runs made before ``feature_norm`` existed tapped raw block
+  outputs: their stored config.yaml reads as ``feature_norm: false`` (``config_io.STORED_ENCODER_DEFAULTS``), so a study
+  does not reuse them as normalised runs and a resume names the key.
 - Every other ViT family (CLIP, SigLIP/SigLIP2, MAE, EVA02, SAM, PE, AIMv2, TIPSv2, supervised, random): raw
   block outputs, the ViTDet / ViT-Adapter way of tapping a ViT for dense prediction. (PE, AIMv2 and TIPSv2 are new
   here; their own dense protocols were not checked against release code, so they get the common default.)
@@ -68,6 +69,12 @@ def _cfg(model: str, family: str, formats: tuple[str, ...] = ("timm",), norm: st
 
 _DV2, _CLIP_FMT, _OCT = ("dinov2", "timm"), ("clip", "timm"), ("openclip_timm", "timm")
 _DV3, _CNX = ("dinov3", "timm"), ("convnext", "timm")
+
+
+def _dinov2(model: str, notes: str = "") -> ZooEntry:
+    return _cfg(model, "dinov2", _DV2, notes=notes, feature_norm=True)  # DINOv2's dense protocol normalises
+
+
 _VIT_2024: dict[str, ZooEntry] = {
     "clip_openai_vitb16": _cfg("vit_base_patch16_clip_quickgelu_224.openai", "clip", _CLIP_FMT,
                                notes="OpenAI CLIP; QuickGELU arch (the plain _clip_ arch uses GELU and drifts)"),
@@ -76,15 +83,14 @@ _VIT_2024: dict[str, ZooEntry] = {
     "clip_laion_vitb16": _cfg("vit_base_patch16_clip_224.laion2b", "clip", _CLIP_FMT, notes="OpenCLIP LAION-2B"),
     "clip_laion_vitl14": _cfg("vit_large_patch14_clip_224.laion2b", "clip", _CLIP_FMT,
                               notes="OpenCLIP LAION-2B; trained with 0.5/0.5, not the CLIP mean/std"),
-    "dinov2_vits14": _cfg("vit_small_patch14_dinov2.lvd142m", "dinov2", _DV2),
-    "dinov2_vitb14": _cfg("vit_base_patch14_dinov2.lvd142m", "dinov2", _DV2),
-    "dinov2_vitl14": _cfg("vit_large_patch14_dinov2.lvd142m", "dinov2", _DV2),
-    "dinov2_vitg14": _cfg("vit_giant_patch14_dinov2.lvd142m", "dinov2", _DV2, notes="SwiGLU MLP"),
-    "dinov2_vits14_reg": _cfg("vit_small_patch14_reg4_dinov2.lvd142m", "dinov2", _DV2, notes="4 registers"),
-    "dinov2_vitb14_reg": _cfg("vit_base_patch14_reg4_dinov2.lvd142m", "dinov2", _DV2, notes="4 registers"),
-    "dinov2_vitl14_reg": _cfg("vit_large_patch14_reg4_dinov2.lvd142m", "dinov2", _DV2, notes="4 registers"),
-    "dinov2_vitg14_reg": _cfg("vit_giant_patch14_reg4_dinov2.lvd142m", "dinov2", _DV2,
-                              notes="4 registers, SwiGLU MLP"),
+    "dinov2_vits14": _dinov2("vit_small_patch14_dinov2.lvd142m"),
+    "dinov2_vitb14": _dinov2("vit_base_patch14_dinov2.lvd142m"),
+    "dinov2_vitl14": _dinov2("vit_large_patch14_dinov2.lvd142m"),
+    "dinov2_vitg14": _dinov2("vit_giant_patch14_dinov2.lvd142m", "SwiGLU MLP"),
+    "dinov2_vits14_reg": _dinov2("vit_small_patch14_reg4_dinov2.lvd142m", "4 registers"),
+    "dinov2_vitb14_reg": _dinov2("vit_base_patch14_reg4_dinov2.lvd142m", "4 registers"),
+    "dinov2_vitl14_reg": _dinov2("vit_large_patch14_reg4_dinov2.lvd142m", "4 registers"),
+    "dinov2_vitg14_reg": _dinov2("vit_giant_patch14_reg4_dinov2.lvd142m", "4 registers, SwiGLU MLP"),
     "mae_vitb16": _cfg("vit_base_patch16_224.mae", "mae", ("mae", "timm")),
     "mae_vitl16": _cfg("vit_large_patch16_224.mae", "mae", ("mae", "timm")),
     "mae_vith14": _cfg("vit_huge_patch14_224.mae", "mae", ("mae", "timm")),
